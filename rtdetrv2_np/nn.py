@@ -1,0 +1,205 @@
+"""Primitives: the handful of PyTorch ops RT-DETRv2 inference needs, as float32 NumPy functions.
+
+Each function names the PyTorch op it reproduces. All take and return float32 arrays; none promotes to float64.
+Layout is PyTorch's: images are [B, C, H, W] (NCHW), token sequences are [B, N, C].
+
+Glossary of shape letters (used in every module of this package):
+    B      batch                          C, C_in, C_out  channels
+    H, W   height, width of a map         H_l, W_l        size of feature level l
+    Ho, Wo output height, width           KH, KW          kernel height, width
+    L      feature levels (3)             M               attention heads
+    D      head dim (C / M)               K_l             sampling points on level l;  K = sum_l K_l
+    Nq     object queries (300)           Nv              value tokens = sum_l H_l * W_l
+    N      tokens of a sequence           NC              classes (80 for COCO)
+    F      hidden width of an FFN
+"""
+
+import math
+
+import numpy as np
+import scipy.special
+
+f32 = np.float32
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Convolution, pooling, resampling (NCHW)
+# ----------------------------------------------------------------------------------------------------------------
+
+def conv2d(x, weight, bias=None, stride=1, padding=0):
+    """torch.nn.functional.conv2d (groups=1, dilation=1) as im2col + one BLAS matmul.
+
+    x [B, C_in, H, W], weight [C_out, C_in, KH, KW], bias [C_out] or None -> [B, C_out, Ho, Wo].
+    Zero padding on all four sides, Ho = (H + 2*padding - KH) // stride + 1.
+    """
+    B, C, H, W = x.shape
+    C_out, C_in, KH, KW = weight.shape
+    if C != C_in:
+        raise ValueError(f"conv2d: input has {C} channels, weight expects {C_in}")
+    Ho = (H + 2 * padding - KH) // stride + 1
+    Wo = (W + 2 * padding - KW) // stride + 1
+    w2 = weight.reshape(C_out, C_in * KH * KW)                                    # [C_out, C_in*KH*KW]
+    if KH == 1 and KW == 1 and padding == 0:
+        if stride != 1:
+            x = x[:, :, ::stride, ::stride]                                       # [B, C_in, Ho, Wo]
+        cols = x.reshape(B, C, Ho * Wo)                                           # [B, C_in, Ho*Wo]
+    else:
+        if padding:
+            x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # [B, C_in, H+2p, W+2p]
+        # im2col: row (c, kh, kw) of cols holds the input pixel that kernel tap (kh, kw) sees at each output pixel.
+        cols = np.empty((B, C, KH, KW, Ho, Wo), dtype=x.dtype)                   # [B, C_in, KH, KW, Ho, Wo]
+        for kh in range(KH):
+            for kw in range(KW):
+                cols[:, :, kh, kw] = x[:, :, kh:kh + stride * (Ho - 1) + 1:stride,
+                                       kw:kw + stride * (Wo - 1) + 1:stride]
+        cols = cols.reshape(B, C * KH * KW, Ho * Wo)                             # [B, C_in*KH*KW, Ho*Wo]
+    out = np.matmul(w2, cols)                                                     # [B, C_out, Ho*Wo]
+    out = out.reshape(B, C_out, Ho, Wo)                                           # [B, C_out, Ho, Wo]
+    if bias is not None:
+        out += bias[None, :, None, None]
+    return out
+
+
+def batch_norm(x, p, eps=1e-5):
+    """Eval-mode torch.nn.BatchNorm2d / FrozenBatchNorm2d: y = x * scale + shift, per channel.
+
+    x [B, C, H, W]; p holds weight, bias, running_mean, running_var [C]. eps 1e-5 is the PyTorch default, also
+    hard-coded in transformers' RTDetrV2FrozenBatchNorm2d. scale = w / sqrt(var + eps), shift = b - mean * scale,
+    the order FrozenBatchNorm2d uses.
+    """
+    scale = p["weight"] * (1.0 / np.sqrt(p["running_var"] + f32(eps)))          # [C]
+    shift = p["bias"] - p["running_mean"] * scale                                # [C]
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def max_pool2d(x, kernel=3, stride=2, padding=1):
+    """torch.nn.functional.max_pool2d with -inf padding. x [B, C, H, W] -> [B, C, Ho, Wo]."""
+    B, C, H, W = x.shape
+    Ho = (H + 2 * padding - kernel) // stride + 1
+    Wo = (W + 2 * padding - kernel) // stride + 1
+    xp = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)),
+                constant_values=-np.inf)                                         # [B, C, H+2p, W+2p]
+    out = np.full((B, C, Ho, Wo), -np.inf, dtype=x.dtype)                        # [B, C, Ho, Wo]
+    for kh in range(kernel):
+        for kw in range(kernel):
+            np.maximum(out, xp[:, :, kh:kh + stride * (Ho - 1) + 1:stride, kw:kw + stride * (Wo - 1) + 1:stride],
+                       out=out)
+    return out
+
+
+def avg_pool2d_ceil(x):
+    """torch.nn.AvgPool2d(2, 2, padding=0, ceil_mode=True). x [B, C, H, W] -> [B, C, ceil(H/2), ceil(W/2)].
+
+    With ceil_mode an odd edge gets a last, partial window; PyTorch divides it by the number of in-bounds pixels
+    (padding is 0, so count_include_pad has nothing to count). Sums run in the same order as PyTorch's kernel.
+    """
+    B, C, H, W = x.shape
+    Ho, Wo = -(-H // 2), -(-W // 2)
+    xp = np.pad(x, ((0, 0), (0, 0), (0, 2 * Ho - H), (0, 2 * Wo - W)))           # [B, C, 2*Ho, 2*Wo]
+    s = xp[:, :, 0::2, 0::2] + xp[:, :, 0::2, 1::2] + xp[:, :, 1::2, 0::2] + xp[:, :, 1::2, 1::2]  # [B, C, Ho, Wo]
+    count = np.full((Ho, Wo), 4, dtype=np.int64)                                 # [Ho, Wo]
+    if H % 2:
+        count[-1, :] //= 2
+    if W % 2:
+        count[:, -1] //= 2
+    return s / count.astype(x.dtype)
+
+
+def upsample_nearest2x(x):
+    """F.interpolate(scale_factor=2.0, mode='nearest'): out[y, x] = in[y // 2, x // 2]. [B, C, H, W] -> [B, C, 2H, 2W]."""
+    return x.repeat(2, axis=2).repeat(2, axis=3)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Activations
+# ----------------------------------------------------------------------------------------------------------------
+
+def relu(x):
+    """torch.nn.functional.relu."""
+    return np.maximum(x, f32(0))
+
+
+def sigmoid(x):
+    """torch.sigmoid, written 1 / (1 + exp(-x)) so that +inf -> 1 and -inf -> 0 exactly (no inf/inf = NaN)."""
+    with np.errstate(over="ignore"):
+        return f32(1) / (f32(1) + np.exp(-x))
+
+
+def silu(x):
+    """torch.nn.functional.silu: x * sigmoid(x)."""
+    return x * sigmoid(x)
+
+
+def erf(x):
+    """Error function, float32 in and out (scipy.special.erf; NumPy has none)."""
+    return scipy.special.erf(x).astype(x.dtype, copy=False)
+
+
+def gelu(x):
+    """torch.nn.GELU() (the exact erf form, not the tanh approximation): 0.5 * x * (1 + erf(x / sqrt(2)))."""
+    return f32(0.5) * x * (f32(1) + erf(x * f32(1 / math.sqrt(2))))
+
+
+ACTIVATIONS = {"relu": relu, "silu": silu, "gelu": gelu, None: lambda x: x}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Token ops ([B, N, C])
+# ----------------------------------------------------------------------------------------------------------------
+
+def linear(x, p):
+    """torch.nn.Linear: x @ W^T + b. x [..., C_in], p["weight"] [C_out, C_in], p["bias"] [C_out] -> [..., C_out]."""
+    y = np.matmul(x, p["weight"].T)                                              # [..., C_out]
+    if p.get("bias") is not None:
+        y += p["bias"]
+    return y
+
+
+def layer_norm(x, p, eps=1e-5):
+    """torch.nn.LayerNorm over the last axis (biased variance). eps 1e-5: config.layer_norm_eps of every checkpoint."""
+    mean = x.mean(axis=-1, keepdims=True)                                        # [..., 1]
+    xc = x - mean
+    var = np.mean(xc * xc, axis=-1, keepdims=True)                               # [..., 1]
+    return xc / np.sqrt(var + f32(eps)) * p["weight"] + p["bias"]
+
+
+def softmax(x, axis=-1):
+    """torch.softmax: exp(x - max) / sum."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def mlp(x, layers):
+    """RTDetrV2MLPPredictionHead: Linear layers with ReLU between them (not after the last). x [..., C_in]."""
+    for i, p in enumerate(layers):
+        x = linear(x, p)
+        if i < len(layers) - 1:
+            x = relu(x)
+    return x
+
+
+def inverse_sigmoid(x, eps=1e-5):
+    """inverse_sigmoid of the reference code: clip to [0, 1], then log(max(x, eps) / max(1 - x, eps)).
+
+    eps 1e-5 is the reference default; it bounds the result to about +-11.513 for boxes at 0 or 1.
+    """
+    x = np.clip(x, f32(0), f32(1))
+    return np.log(np.maximum(x, f32(eps)) / np.maximum(f32(1) - x, f32(eps)))
+
+
+def multi_head_attention(x_qk, x_v, p, num_heads):
+    """RTDetrV2SelfAttention (eager path): softmax(Q K^T / sqrt(D)) V with separate q/k/v projections.
+
+    x_qk [B, N, C] is the input of queries and keys (features + position embedding); x_v [B, N, C] the value input.
+    p holds q_proj, k_proj, v_proj, out_proj. Attention is over all N tokens (no mask at inference).
+    """
+    B, N, C = x_qk.shape
+    D = C // num_heads
+    q = linear(x_qk, p["q_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)   # [B, M, N, D]
+    k = linear(x_qk, p["k_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)   # [B, M, N, D]
+    v = linear(x_v, p["v_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)    # [B, M, N, D]
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2)) * f32(D ** -0.5)              # [B, M, N, N]
+    attn = softmax(scores, axis=-1)                                              # [B, M, N, N]
+    out = np.matmul(attn, v)                                                     # [B, M, N, D]
+    out = out.transpose(0, 2, 1, 3).reshape(B, N, C)                             # [B, N, C]
+    return linear(out, p["out_proj"])

@@ -1,0 +1,177 @@
+"""Weights: the tensor names a checkpoint must hold, and turning a flat {name: array} into the params tree.
+
+Names are those of the Hugging Face hub files (`model.safetensors` of PekingU/rtdetr_v2_*, written with
+transformers 4.x names; see ../shared/reference/hf_keys_r18vd.txt and architecture_notes §8.2), so a reader can grep
+transformers' modeling_rt_detr_v2.py with the same strings. transformers 5.x renames some of them while loading
+(out_proj -> o_proj, fc1 -> mlp.fc1, encoder.encoder -> encoder.aifi); files keep the 4.x names, and so do we.
+
+The params tree mirrors the names: "model.decoder.layers.0.fc1.weight" becomes
+params["model"]["decoder"]["layers"][0]["fc1"]["weight"] (numbered parts become list items).
+"""
+
+import numpy as np
+
+from .backbone import shortcut_layout
+from .errors import RTDetrError
+
+
+def expected_shapes(cfg):
+    """{hub tensor name: shape} of every float tensor inference reads (no num_batches_tracked, no training-only
+    tensors except the ones the hub files carry: denoising_class_embed, n_points_scale)."""
+    s = {}
+
+    def bn(prefix, c):
+        for k in ("weight", "bias", "running_mean", "running_var"):
+            s[f"{prefix}.{k}"] = (c,)
+
+    def lin(prefix, c_out, c_in):
+        s[f"{prefix}.weight"] = (c_out, c_in)
+        s[f"{prefix}.bias"] = (c_out,)
+
+    def conv_norm(prefix, c_out, c_in, k, conv="conv", norm="norm"):
+        s[f"{prefix}.{conv}.weight"] = (c_out, c_in, k, k)
+        bn(f"{prefix}.{norm}", c_out)
+
+    # Backbone: ResNet-vd ([hf5] models/rt_detr/modeling_rt_detr_resnet.py)
+    bb = "model.backbone.model"
+    e = cfg.embedding_size
+    for i, (c_out, c_in) in enumerate([(e // 2, 3), (e // 2, e // 2), (e, e // 2)]):
+        conv_norm(f"{bb}.embedder.embedder.{i}", c_out, c_in, 3, "convolution", "normalization")
+    c_in = e
+    for si, (c_out, depth) in enumerate(zip(cfg.hidden_sizes, cfg.depths)):
+        for li in range(depth):
+            p = f"{bb}.encoder.stages.{si}.layers.{li}"
+            cin_l = c_in if li == 0 else c_out
+            if cfg.layer_type == "basic":
+                convs = [(c_out, cin_l, 3), (c_out, c_out, 3)]
+            else:
+                w = c_out // 4                                    # bottleneck reduction 4 (RTDetrResNetBottleNeckLayer)
+                convs = [(w, cin_l, 1), (w, w, 3), (c_out, w, 1)]
+            for j, (co, ci, k) in enumerate(convs):
+                conv_norm(f"{p}.layer.{j}", co, ci, k, "convolution", "normalization")
+            if li == 0:
+                _, key = shortcut_layout(cfg.layer_type, si, cin_l, c_out)
+                if key is not None:
+                    conv_norm(f"{p}.{key}", c_out, cin_l, 1, "convolution", "normalization")
+        c_in = c_out
+    # Hybrid encoder
+    C = cfg.encoder_hidden_dim
+    for i, ci in enumerate(cfg.encoder_in_channels):
+        s[f"model.encoder_input_proj.{i}.0.weight"] = (C, ci, 1, 1)
+        bn(f"model.encoder_input_proj.{i}.1", C)
+    for i in range(len(cfg.encode_proj_layers)):
+        for j in range(cfg.encoder_layers):
+            p = f"model.encoder.encoder.{i}.layers.{j}"
+            for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+                lin(f"{p}.self_attn.{n}", C, C)
+            lin(f"{p}.fc1", cfg.encoder_ffn_dim, C)
+            lin(f"{p}.fc2", C, cfg.encoder_ffn_dim)
+            for n in ("self_attn_layer_norm", "final_layer_norm"):
+                s[f"{p}.{n}.weight"] = s[f"{p}.{n}.bias"] = (C,)
+    hidden = int(C * cfg.hidden_expansion)
+    for i in range(len(cfg.encoder_in_channels) - 1):
+        conv_norm(f"model.encoder.lateral_convs.{i}", C, C, 1)
+        conv_norm(f"model.encoder.downsample_convs.{i}", C, C, 3)
+        for blocks in ("fpn_blocks", "pan_blocks"):
+            p = f"model.encoder.{blocks}.{i}"
+            conv_norm(f"{p}.conv1", hidden, 2 * C, 1)
+            conv_norm(f"{p}.conv2", hidden, 2 * C, 1)
+            for j in range(3):                                    # num_blocks = 3 (RTDetrV2CSPRepLayer)
+                conv_norm(f"{p}.bottlenecks.{j}.conv1", hidden, hidden, 3)
+                conv_norm(f"{p}.bottlenecks.{j}.conv2", hidden, hidden, 1)
+            if hidden != C:
+                conv_norm(f"{p}.conv3", C, hidden, 1)
+    # Query selection and decoder
+    d, NC, K = cfg.d_model, cfg.num_labels, sum(cfg.n_points)
+    for i, ci in enumerate(cfg.decoder_in_channels):
+        s[f"model.decoder_input_proj.{i}.0.weight"] = (d, ci, 1, 1)
+        bn(f"model.decoder_input_proj.{i}.1", d)
+    if cfg.num_denoising > 0:
+        s["model.denoising_class_embed.weight"] = (NC + 1, d)
+    if cfg.learn_initial_query:
+        s["model.weight_embedding.weight"] = (cfg.num_queries, d)
+    lin("model.enc_output.0", d, d)
+    s["model.enc_output.1.weight"] = s["model.enc_output.1.bias"] = (d,)
+    lin("model.enc_score_head", NC, d)
+    for j, (co, ci) in enumerate([(d, d), (d, d), (4, d)]):
+        lin(f"model.enc_bbox_head.layers.{j}", co, ci)
+    lin("model.decoder.query_pos_head.layers.0", 2 * d, 4)
+    lin("model.decoder.query_pos_head.layers.1", d, 2 * d)
+    M = cfg.decoder_attention_heads
+    for i in range(cfg.decoder_layers):
+        p = f"model.decoder.layers.{i}"
+        for n in ("q_proj", "k_proj", "v_proj", "out_proj"):
+            lin(f"{p}.self_attn.{n}", d, d)
+        lin(f"{p}.encoder_attn.sampling_offsets", M * K * 2, d)
+        lin(f"{p}.encoder_attn.attention_weights", M * K, d)
+        lin(f"{p}.encoder_attn.value_proj", d, d)
+        lin(f"{p}.encoder_attn.output_proj", d, d)
+        s[f"{p}.encoder_attn.n_points_scale"] = (K,)
+        lin(f"{p}.fc1", cfg.decoder_ffn_dim, d)
+        lin(f"{p}.fc2", d, cfg.decoder_ffn_dim)
+        for n in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
+            s[f"{p}.{n}.weight"] = s[f"{p}.{n}.bias"] = (d,)
+        lin(f"model.decoder.class_embed.{i}", NC, d)
+        for j, (co, ci) in enumerate([(d, d), (d, d), (4, d)]):
+            lin(f"model.decoder.bbox_embed.{i}.layers.{j}", co, ci)
+    return s
+
+
+def check_and_clean(tensors, cfg, source):
+    """Validate a flat {name: array} against the architecture; return float32 arrays under hub names.
+
+    Accepted and dropped: num_batches_tracked (int64 counters), the top-level class_embed/bbox_embed copies that
+    transformers ties to model.decoder.* (architecture_notes §8.3). Anything missing, unexpected or mis-shaped
+    raises RTDetrError naming the tensor and the file.
+    """
+    want = expected_shapes(cfg)
+    out = {}
+    unexpected = []
+    for name, arr in tensors.items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        if name.startswith(("class_embed.", "bbox_embed.")):
+            name_dec = "model.decoder." + name
+            if name_dec in want and name_dec not in tensors:
+                name = name_dec
+            else:
+                continue
+        if name not in want:
+            unexpected.append(name)
+            continue
+        arr = np.asarray(arr)
+        if tuple(arr.shape) != tuple(want[name]):
+            raise RTDetrError(f"{source}: tensor {name} has shape {list(arr.shape)}, the architecture in its config "
+                              f"needs {list(want[name])}; the weights and config.json do not belong together")
+        out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    if unexpected:
+        raise RTDetrError(f"{source}: unexpected tensor {unexpected[0]}" +
+                          (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") +
+                          "; the file is not an RT-DETRv2 checkpoint of the architecture in its config.json")
+    missing = [n for n in want if n not in out]
+    if missing:
+        raise RTDetrError(f"{source}: missing tensor {missing[0]}" +
+                          (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") +
+                          "; the checkpoint is incomplete or of another architecture")
+    return out
+
+
+def params_tree(flat):
+    """{"a.0.b": x} -> {"a": [{"b": x}]}: nested dicts, numbered parts as lists (in index order)."""
+    root = {}
+    for name, arr in flat.items():
+        node = root
+        parts = name.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = arr
+    return _listify(root)
+
+
+def _listify(node):
+    if not isinstance(node, dict):
+        return node
+    out = {k: _listify(v) for k, v in node.items()}
+    if out and all(k.isdigit() for k in out):
+        return [out[k] for k in sorted(out, key=int)]
+    return out

@@ -31,8 +31,10 @@ class Config:
     encoder_ffn_dim: int = 1024
     encoder_attention_heads: int = 8
     encode_proj_layers: tuple = (2,)                     # AIFI runs on the stride-32 level only
-    positional_encoding_temperature: float = 10000.0
+    positional_encoding_temperature: int = 10000
     hidden_expansion: float = 1.0
+    activation_function: str = "silu"                    # CCFM convolutions
+    encoder_activation_function: str = "gelu"            # AIFI feed-forward (exact erf GELU)
     eval_size: object = None                             # transformers drops AIFI's position embedding if set
     # decoder
     d_model: int = 256
@@ -43,6 +45,7 @@ class Config:
     decoder_n_points: object = 4                         # int, or a list with one count per level
     decoder_layers: int = 6
     decoder_attention_heads: int = 8
+    decoder_activation_function: str = "relu"           # decoder feed-forward
     decoder_offset_scale: float = 0.5
     decoder_method: str = "default"                      # "default" (bilinear) or "discrete"
     decoder_eval_idx: int = -1                           # ours: last decoder layer evaluated (-1: all)

@@ -26,11 +26,19 @@ f32 = np.float32
 # Convolution, pooling, resampling (NCHW)
 # ----------------------------------------------------------------------------------------------------------------
 
+IM2COL_BLOCK = 1 << 21   # floats per im2col block (8 MB): big enough for efficient BLAS calls, small enough to
+                         # reuse one buffer instead of touching fresh pages for a whole [C*KH*KW, Ho*Wo] matrix
+
+
 def conv2d(x, weight, bias=None, stride=1, padding=0):
-    """torch.nn.functional.conv2d (groups=1, dilation=1) as im2col + one BLAS matmul.
+    """torch.nn.functional.conv2d (groups=1, dilation=1) as im2col + BLAS matmul.
 
     x [B, C_in, H, W], weight [C_out, C_in, KH, KW], bias [C_out] or None -> [B, C_out, Ho, Wo].
     Zero padding on all four sides, Ho = (H + 2*padding - KH) // stride + 1.
+
+    im2col: row (c, kh, kw) of the column matrix holds the input pixel that kernel tap (kh, kw) of channel c sees
+    at each output pixel, so the convolution is one matrix product W[C_out, C_in*KH*KW] @ cols. The columns are
+    built for a band of output rows at a time (IM2COL_BLOCK) into one reused buffer.
     """
     B, C, H, W = x.shape
     C_out, C_in, KH, KW = weight.shape
@@ -42,19 +50,23 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     if KH == 1 and KW == 1 and padding == 0:
         if stride != 1:
             x = x[:, :, ::stride, ::stride]                                       # [B, C_in, Ho, Wo]
-        cols = x.reshape(B, C, Ho * Wo)                                           # [B, C_in, Ho*Wo]
+        out = np.matmul(w2, x.reshape(B, C, Ho * Wo)).reshape(B, C_out, Ho, Wo)   # [B, C_out, Ho, Wo]
     else:
         if padding:
             x = np.pad(x, ((0, 0), (0, 0), (padding, padding), (padding, padding)))  # [B, C_in, H+2p, W+2p]
-        # im2col: row (c, kh, kw) of cols holds the input pixel that kernel tap (kh, kw) sees at each output pixel.
-        cols = np.empty((B, C, KH, KW, Ho, Wo), dtype=x.dtype)                   # [B, C_in, KH, KW, Ho, Wo]
-        for kh in range(KH):
-            for kw in range(KW):
-                cols[:, :, kh, kw] = x[:, :, kh:kh + stride * (Ho - 1) + 1:stride,
-                                       kw:kw + stride * (Wo - 1) + 1:stride]
-        cols = cols.reshape(B, C * KH * KW, Ho * Wo)                             # [B, C_in*KH*KW, Ho*Wo]
-    out = np.matmul(w2, cols)                                                     # [B, C_out, Ho*Wo]
-    out = out.reshape(B, C_out, Ho, Wo)                                           # [B, C_out, Ho, Wo]
+        out = np.empty((B, C_out, Ho, Wo), dtype=x.dtype)                        # [B, C_out, Ho, Wo]
+        rows = max(1, min(Ho, IM2COL_BLOCK // (C * KH * KW * Wo)))              # output rows per block
+        buf = np.empty((C, KH, KW, rows, Wo), dtype=x.dtype)                     # [C_in, KH, KW, rows, Wo]
+        for b in range(B):
+            for y0 in range(0, Ho, rows):
+                n = min(rows, Ho - y0)
+                cols = buf[:, :, :, :n]                                          # [C_in, KH, KW, n, Wo]
+                for kh in range(KH):
+                    for kw in range(KW):
+                        top = kh + stride * y0
+                        cols[:, kh, kw] = x[b, :, top:top + stride * (n - 1) + 1:stride,
+                                            kw:kw + stride * (Wo - 1) + 1:stride]
+                out[b, :, y0:y0 + n] = (w2 @ cols.reshape(C * KH * KW, n * Wo)).reshape(C_out, n, Wo)
     if bias is not None:
         out += bias[None, :, None, None]
     return out

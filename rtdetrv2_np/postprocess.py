@@ -46,6 +46,22 @@ COCO_LABEL_TO_CATEGORY = (
 )
 COCO_CATEGORY_TO_LABEL = {category: label for label, category in enumerate(COCO_LABEL_TO_CATEGORY)}
 
+# Names of the 80 labels, for models whose config.json has no id2label (the random-weight stand-ins). A hub
+# config.json's id2label always wins. These are the spellings of the hub configs (from huggingface/label-files
+# coco-detection-mmdet-id2label.json, darknet-style: "sofa", "motorbike", "tvmonitor"; transformers' docs print
+# "sofa" for label 57); the official COCO names differ in six places (couch, motorcycle, airplane, tv, ...).
+COCO_NAMES = (
+    "person", "bicycle", "car", "motorbike", "aeroplane", "bus", "train", "truck", "boat", "traffic light",
+    "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep", "cow",
+    "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple",
+    "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "sofa",
+    "pottedplant", "bed", "diningtable", "toilet", "tvmonitor", "laptop", "mouse", "remote", "keyboard",
+    "cell phone", "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)
+
 
 def center_to_corners(boxes):
     """(cx, cy, w, h) -> (x1, y1, x2, y2), like transformers' center_to_corners_format. [..., 4] -> [..., 4]."""

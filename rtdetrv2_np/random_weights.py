@@ -5,7 +5,8 @@ gives BatchNorm scales of 0.01 and puts one prior bias on every class, so the en
 nearly tied; the top-300 query selection then flips under rounding differences of 1e-7 and any comparison between
 two implementations is meaningless. Here instead (per tensor, from its name and shape):
 
-    conv weight [C_out, C_in, KH, KW]   N(0, 2 / fan_in)      He et al. arXiv 1502.01852 Eq. 10 (ReLU/SiLU nets)
+    conv weight [C_out, C_in, KH, KW]   N(0, 1 / fan_in)      LeCun scaling; with He's 2 / fan_in the residual and
+                                                              CSP sums grow activations to ~500 by the encoder
     linear weight [C_out, C_in]         N(0, 1 / fan_in)      keeps activations O(1) through the transformer
     bias                                N(0, 0.02^2)          small, as after training
     norm weight (BN, LayerNorm)         1 + N(0, 0.1^2)       scales around 1
@@ -38,7 +39,7 @@ def random_tensor(name, shape, seed=0):
         a = 1.0 + rng.normal(0.0, 0.1, shape)
     elif leaf == "weight" and len(shape) == 4:              # convolution
         fan_in = shape[1] * shape[2] * shape[3]
-        a = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
+        a = rng.normal(0.0, np.sqrt(1.0 / fan_in), shape)
     elif leaf == "weight" and len(shape) == 2:              # linear, embedding
         a = rng.normal(0.0, np.sqrt(1.0 / shape[1]), shape)
     else:
@@ -58,3 +59,17 @@ def random_params(shapes, seed=0, n_points=None):
         else:
             out[name] = random_tensor(name, tuple(shape), seed)
     return out
+
+
+def random_model(variant="r18vd", seed=0, method=None, **overrides):
+    """A Model of a published architecture filled with random_params: offline stand-in for the real weights.
+
+    It computes exactly what the trained architecture computes, but it finds no objects. 80 classes named as COCO's.
+    """
+    from .config import variant_config
+    from .model import build_model
+    from .postprocess import COCO_NAMES
+    from .weights import expected_shapes
+    cfg = variant_config(variant, **{"id2label": dict(enumerate(COCO_NAMES)), **overrides})
+    return build_model(cfg, random_params(expected_shapes(cfg), seed, cfg.n_points), method,
+                       source=f"random weights ({variant}, seed {seed})")

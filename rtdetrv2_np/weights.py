@@ -173,5 +173,8 @@ def _listify(node):
         return node
     out = {k: _listify(v) for k, v in node.items()}
     if out and all(k.isdigit() for k in out):
-        return [out[k] for k in sorted(out, key=int)]
+        items = [None] * (max(int(k) for k in out) + 1)    # "shortcut.1" keeps index 1 (0 is the AvgPool)
+        for k, v in out.items():
+            items[int(k)] = v
+        return items
     return out

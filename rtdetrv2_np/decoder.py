@@ -1,0 +1,67 @@
+"""The RT-DETRv2 decoder: 3-6 layers of self-attention, multi-scale deformable cross-attention and FFN, each layer
+refining the boxes of the previous one.
+
+References
+    [1] Zhao et al., RT-DETR, arXiv 2304.08069, §4.1 (decoder with auxiliary prediction heads), §4.3.
+    [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §3 Eq. (3) (deformable cross-attention), App. A.4
+        "iterative bounding box refinement": b_d = sigmoid(Delta_d + sigmoid^-1(b_{d-1})).
+    [3] Lv et al., RT-DETRv2, arXiv 2407.17140, §3 (distinct points per level, discrete sampling).
+    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`TransformerDecoderLayer`,
+        `TransformerDecoder`, `RTDETRTransformerv2`).
+    [hf] transformers RTDetrV2DecoderLayer / RTDetrV2Decoder, whose names we use.
+
+One layer (post-norm, [hf] RTDetrV2DecoderLayer.forward), with pos = query_pos_head(b) (MLP 4 -> 2C -> C):
+    x = LN1(x + SelfAttn(q = k = x + pos, v = x))
+    x = LN2(x + MSDeformAttn(query = x + pos, reference = b, value = memory))
+    x = LN3(x + fc2(ReLU(fc1(x))))
+    b' = sigmoid(bbox_embed(x) + inverse_sigmoid(b));  logits = class_embed(x)
+
+eval_idx: the official r50vd_m evaluates only layers 0..2 of its 6 ([4] `eval_idx`, config decoder_eval_idx = 2)
+and reports layer 2's boxes and logits. transformers has no eval_idx: it runs every layer and reports the last
+one, so a transformers r50vd_m gives another answer than the official one. decoder_eval_idx = -1 (the default and
+what a hub config.json gives) runs every layer, as transformers does.
+"""
+
+import numpy as np
+
+from .deformable_attention import multiscale_deformable_attention
+from .nn import ACTIVATIONS, inverse_sigmoid, layer_norm, linear, mlp, multi_head_attention, sigmoid
+
+
+def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
+    """One decoder layer. x [B, Nq, C], pos [B, Nq, C], boxes [B, Nq, 4], memory [B, Nv, C] -> (x, loc, weights).
+
+    loc [B, Nq, M, K, 2] and weights [B, Nq, M, K] are the deformable attention's sampling locations and attention
+    weights, returned for inspection.
+    """
+    eps = cfg.layer_norm_eps
+    q = x + pos
+    x = layer_norm(x + multi_head_attention(q, x, p["self_attn"], cfg.decoder_attention_heads),
+                   p["self_attn_layer_norm"], eps)                                  # [B, Nq, C]
+    attn, loc, weights = multiscale_deformable_attention(
+        p["encoder_attn"], x + pos, boxes, memory, spatial_shapes, cfg.decoder_attention_heads, cfg.n_points,
+        cfg.decoder_offset_scale, cfg.method)                                       # [B, Nq, C]
+    x = layer_norm(x + attn, p["encoder_attn_layer_norm"], eps)
+    h = ACTIVATIONS[cfg.decoder_activation_function](linear(x, p["fc1"]))          # [B, Nq, F]
+    x = layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)            # [B, Nq, C]
+    return x, loc, weights
+
+
+def decoder(target, reference_boxes, memory, spatial_shapes, p, cfg, trace=None):
+    """Run the decoder layers 0..eval_idx. target [B, Nq, C], reference_boxes [B, Nq, 4], memory [B, Nv, C].
+
+    p is params["model"]["decoder"]. Returns (logits [B, Nq, NC], boxes [B, Nq, 4]) of the last layer run.
+    If `trace` is a dict, layer i stores "decoder.{i}.hidden", ".boxes", ".logits", ".sampling_locations",
+    ".attention_weights" in it.
+    """
+    x, boxes = target, reference_boxes
+    for i in range(cfg.num_decoder_layers_used):
+        pos = mlp(boxes, p["query_pos_head"]["layers"])                             # [B, Nq, C]
+        x, loc, weights = decoder_layer(x, pos, boxes, memory, spatial_shapes, p["layers"][i], cfg)
+        # iterative box refinement ([2] App. A.4): a residual in logit space on the previous boxes
+        boxes = sigmoid(mlp(x, p["bbox_embed"][i]["layers"]) + inverse_sigmoid(boxes))  # [B, Nq, 4]
+        logits = linear(x, p["class_embed"][i])                                     # [B, Nq, NC]
+        if trace is not None:
+            trace.update({f"decoder.{i}.hidden": x, f"decoder.{i}.boxes": boxes, f"decoder.{i}.logits": logits,
+                          f"decoder.{i}.sampling_locations": loc, f"decoder.{i}.attention_weights": weights})
+    return logits, boxes

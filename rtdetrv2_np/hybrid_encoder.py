@@ -1,0 +1,146 @@
+"""The efficient hybrid encoder of RT-DETR ([1] §4.2, Fig. 3-4): AIFI on the stride-32 map, then CCFM fusion.
+
+References
+    [1] Zhao et al., RT-DETR, arXiv 2304.08069: §4.2 "Efficient Hybrid Encoder", Eq. (1) (AIFI), Fig. 4 (CCFM).
+    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/hybrid_encoder.py (`HybridEncoder`, `CSPRepLayer`,
+        `RepVggBlock`, `TransformerEncoderLayer`).
+    [7] Vaswani et al., Attention Is All You Need, arXiv 1706.03762 (the encoder layer, sin-cos embedding §3.5).
+    [8] Ding et al., RepVGG, arXiv 2101.03697 (3x3 + 1x1 branches).
+    [hf] transformers models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2HybridEncoder`, `RTDetrV2AIFILayer`,
+        `RTDetrV2CSPRepLayer`, `build_2d_sinusoidal_position_embedding`), whose names we use.
+
+Data flow ([1] Eq. 1):
+    P3, P4, P5 = input_proj(S3, S4, S5)               1x1 conv + BN each, to C channels
+    F5 = Reshape(AIFI(Flatten(P5)))                    one post-norm transformer layer on the coarsest map only
+    O3, O4, O5 = CCFM(P3, P4, F5)                      top-down (FPN) then bottom-up (PAN) fusion
+
+Deviation noted: the position embedding follows transformers 5.x, which lays it out row-major for any H, W.
+The official code (and transformers 4.x) swaps the roles of rows and columns on non-square maps
+(architecture_notes §3.2); both agree on square inputs such as 640x640.
+"""
+
+import numpy as np
+
+from .nn import ACTIVATIONS, batch_norm, conv2d, layer_norm, linear, multi_head_attention, upsample_nearest2x
+
+f32 = np.float32
+
+
+def conv_norm(x, p, stride=1, act=None):
+    """RTDetrV2ConvNormLayer: conv (no bias, padding (k-1)//2) -> BN -> activation. [B, C_in, H, W] -> [B, C_out, Ho, Wo]."""
+    k = p["conv"]["weight"].shape[-1]
+    x = conv2d(x, p["conv"]["weight"], stride=stride, padding=(k - 1) // 2)     # [B, C_out, Ho, Wo]
+    return ACTIVATIONS[act](batch_norm(x, p["norm"]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# AIFI: attention-based intra-scale feature interaction ([1] §4.2)
+# ----------------------------------------------------------------------------------------------------------------
+
+def sincos_position_embedding(height, width, dim, temperature=10000.0):
+    """2-D sin-cos position embedding [H*W, C], row-major tokens, channels [sin(y w) | cos(y w) | sin(x w) | cos(x w)].
+
+    w_i = 1 / temperature^(i / (C/4)), i = 0..C/4-1 ([7] §3.5 applied to each axis; temperature 10000 from
+    config.positional_encoding_temperature). Computed in float64 then rounded to float32, as transformers 5.24 does
+    (build_2d_sinusoidal_position_embedding); it is a constant table, not on the data path.
+    """
+    pos_dim = dim // 4
+    omega = 1.0 / temperature ** (np.arange(pos_dim, dtype=np.float64) / pos_dim)  # [C/4]
+    y, x = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
+    ey = y.reshape(-1, 1) * omega                                                 # [H*W, C/4]
+    ex = x.reshape(-1, 1) * omega                                                 # [H*W, C/4]
+    return np.concatenate([np.sin(ey), np.cos(ey), np.sin(ex), np.cos(ex)], axis=1).astype(f32)  # [H*W, C]
+
+
+def encoder_layer(x, pos, p, num_heads, act="gelu", eps=1e-5):
+    """Post-norm transformer encoder layer ([7] §3.1), as RTDetrV2EncoderLayer with normalize_before=False.
+
+    x [B, N, C], pos [N, C] or None (added to queries and keys, not values). GELU is the exact erf form.
+        x = LN1(x + MHA(q = k = x + pos, v = x))
+        x = LN2(x + fc2(act(fc1(x))))
+    """
+    qk = x if pos is None else x + pos
+    x = layer_norm(x + multi_head_attention(qk, x, p["self_attn"], num_heads), p["self_attn_layer_norm"], eps)
+    h = ACTIVATIONS[act](linear(x, p["fc1"]))                                     # [B, N, F]
+    return layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)        # [B, N, C]
+
+
+def aifi(x, p, cfg):
+    """AIFI ([1] Eq. 1): flatten the map to tokens, run the encoder layer(s), reshape back. [B, C, H, W] -> same."""
+    B, C, H, W = x.shape
+    tokens = x.reshape(B, C, H * W).transpose(0, 2, 1)                            # [B, H*W, C]
+    # transformers drops the embedding in eval mode when config.eval_size is set (RTDetrV2AIFILayer.forward);
+    # no published config sets it.
+    pos = None if cfg.eval_size is not None else sincos_position_embedding(H, W, C, cfg.positional_encoding_temperature)
+    for layer in p["layers"]:
+        tokens = encoder_layer(tokens, pos, layer, cfg.encoder_attention_heads, cfg.encoder_activation_function,
+                               cfg.layer_norm_eps)
+    return tokens.transpose(0, 2, 1).reshape(B, C, H, W)                          # [B, C, H, W]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# CCFM: CNN-based cross-scale feature fusion ([1] §4.2, Fig. 4 "Fusion" block)
+# ----------------------------------------------------------------------------------------------------------------
+
+def rep_vgg_block(x, p, act):
+    """RepVGG block [8] without identity branch: act(BN(conv3x3(x)) + BN(conv1x1(x))). [B, C', H, W] -> same."""
+    return ACTIVATIONS[act](conv_norm(x, p["conv1"]) + conv_norm(x, p["conv2"]))
+
+
+def csp_rep_layer(x, p, act):
+    """CSPRepLayer, the "Fusion" block of [1] Fig. 4: two 1x1 branches, one through 3 RepVGG blocks, summed.
+
+    x [B, 2C, H, W] -> [B, C, H, W]. Width inside C' = C * hidden_expansion (0.5 for r18/r34/r50vd_m); when
+    C' != C a last 1x1 conv3 restores C, else conv3 is the identity (r50vd, r101vd have no conv3 weights).
+    """
+    a = conv_norm(x, p["conv1"], act=act)                                         # [B, C', H, W]
+    for block in p["bottlenecks"]:
+        a = rep_vgg_block(a, block, act)
+    b = conv_norm(x, p["conv2"], act=act)                                         # [B, C', H, W]
+    return conv_norm(a + b, p["conv3"], act=act) if "conv3" in p else a + b       # [B, C, H, W]
+
+
+def ccfm(maps, p, act="silu"):
+    """Top-down then bottom-up fusion ([1] Fig. 4; [hf] RTDetrV2HybridEncoder.forward). maps = [P3, P4, F5].
+
+    Top-down, for the coarse-to-fine pairs (F5, P4), then (I4, P3):
+        L = lateral_conv(coarse)                        1x1 conv + BN + SiLU; L replaces the coarse map
+        I = fpn_block(concat[upsample2x(L), fine])      the upsampled map comes first in the concat
+    Bottom-up, from O3 = I3:
+        O = pan_block(concat[downsample_conv(O_finer), L_same_level])   3x3 stride-2 conv; uses L, not I
+    Returns [O3, O4, O5], each [B, C, H_l, W_l].
+    """
+    n = len(maps)
+    inner = [maps[-1]]                                                           # coarsest first
+    for i in range(n - 1):
+        lateral = conv_norm(inner[-1], p["lateral_convs"][i], act=act)           # [B, C, H_l+1, W_l+1]
+        inner[-1] = lateral
+        fused = np.concatenate([upsample_nearest2x(lateral), maps[n - 2 - i]], axis=1)  # [B, 2C, H_l, W_l]
+        inner.append(csp_rep_layer(fused, p["fpn_blocks"][i], act))              # [B, C, H_l, W_l]
+    inner.reverse()                                                              # [I3, L4, L5]
+    outs = [inner[0]]
+    for i in range(n - 1):
+        down = conv_norm(outs[-1], p["downsample_convs"][i], stride=2, act=act)  # [B, C, H_l+1, W_l+1]
+        fused = np.concatenate([down, inner[i + 1]], axis=1)                     # [B, 2C, H_l+1, W_l+1]
+        outs.append(csp_rep_layer(fused, p["pan_blocks"][i], act))               # [B, C, H_l+1, W_l+1]
+    return outs
+
+
+def hybrid_encoder(features, p_input_proj, p_encoder, cfg, trace=None):
+    """Backbone maps [S3, S4, S5] -> encoder maps [O3, O4, O5], each [B, C, H_l, W_l] (C = encoder_hidden_dim).
+
+    p_input_proj is params["model"]["encoder_input_proj"], p_encoder params["model"]["encoder"]. If `trace` is a
+    dict, the intermediates are stored in it under "encoder.input_proj.{l}" and "encoder.aifi".
+    """
+    maps = []
+    for l, (x, proj) in enumerate(zip(features, p_input_proj)):
+        y = batch_norm(conv2d(x, proj[0]["weight"]), proj[1])                     # [B, C, H_l, W_l]
+        maps.append(y)
+        if trace is not None:
+            trace[f"encoder.input_proj.{l}"] = y
+    for i, level in enumerate(cfg.encode_proj_layers):
+        if cfg.encoder_layers > 0:
+            maps[level] = aifi(maps[level], p_encoder["encoder"][i], cfg)         # [B, C, H_2, W_2]
+            if trace is not None:
+                trace["encoder.aifi"] = maps[level]
+    return ccfm(maps, p_encoder, act=cfg.activation_function)

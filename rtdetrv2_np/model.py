@@ -1,0 +1,118 @@
+"""RT-DETRv2 end to end, as in [1] Fig. 2: backbone -> hybrid encoder -> query selection -> decoder.
+
+References
+    [1] Zhao et al., RT-DETR, arXiv 2304.08069, Fig. 2 and §4.
+    [3] Lv et al., RT-DETRv2, arXiv 2407.17140.
+    [hf] transformers RTDetrV2ForObjectDetection.forward / RTDetrV2Model.forward.
+
+Scope: inference only. Featured: the five published ResNet-vd configurations (r18vd, r34vd, r50vd_m, r50vd, r101vd),
+bilinear and discrete sampling, any input size that is a multiple of 32, batches. Left out: training, losses,
+denoising queries, the RepVGG re-parameterisation of the deploy/ONNX export (equal up to rounding).
+
+    model = load_model("path/to/model_dir")          # config.json + model.safetensors, as on the hub
+    out = model(pixel_values)                        # float32 [B, 3, H, W] in [0, 1]
+    out.logits, out.pred_boxes                       # [B, Nq, NC], [B, Nq, 4] (cx, cy, w, h, normalised)
+    stages = model.trace(pixel_values)               # every intermediate, by name (see `forward`)
+"""
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .backbone import backbone
+from .config import Config
+from .decoder import decoder
+from .errors import RTDetrError
+from .hybrid_encoder import hybrid_encoder
+from .nn import batch_norm, conv2d
+from .query_selection import select_queries
+from .weights import check_and_clean, params_tree
+
+
+def forward(params, cfg, pixel_values, trace=None):
+    """The whole detector. pixel_values float32 [B, 3, H, W] -> (logits [B, Nq, NC], boxes [B, Nq, 4]).
+
+    params: the params tree (weights.params_tree of the hub-named tensors). If `trace` is a dict, every stage's
+    output is stored in it by name:
+        backbone.{l}                [B, C_l, H_l, W_l]   ResNet-vd maps, strides 8, 16, 32
+        encoder.input_proj.{l}      [B, C, H_l, W_l]     1x1 projections
+        encoder.aifi                [B, C, H_2, W_2]     AIFI output
+        encoder.output.{l}          [B, C, H_l, W_l]     CCFM output
+        memory                      [B, Nv, C]           decoder input projections, flattened, levels concatenated
+        anchors, valid_mask         [Nv, 4], [Nv]        see query_selection
+        enc_logits, enc_coord_logits, topk_index, reference_boxes, target
+        decoder.{i}.hidden / .boxes / .logits / .sampling_locations / .attention_weights
+        logits, pred_boxes
+    """
+    B, _, H, W = pixel_values.shape
+    if H % 32 or W % 32:
+        raise ValueError(f"input height and width must be multiples of 32 (the coarsest stride), got {H}x{W}")
+    m = params["model"]
+    feats = backbone(pixel_values, m["backbone"]["model"], cfg)                     # [B, C_l, H_l, W_l] x L
+    enc = hybrid_encoder(feats, m["encoder_input_proj"], m["encoder"], cfg, trace)  # [B, C, H_l, W_l] x L
+    levels = []
+    for x, proj in zip(enc, m["decoder_input_proj"]):
+        y = batch_norm(conv2d(x, proj[0]["weight"]), proj[1])                       # [B, d, H_l, W_l]
+        levels.append(y.reshape(B, y.shape[1], -1).transpose(0, 2, 1))             # [B, H_l*W_l, d]
+    spatial_shapes = [tuple(x.shape[2:]) for x in enc]
+    memory = np.concatenate(levels, axis=1)                                         # [B, Nv, d]
+    target, ref, _ = select_queries(memory, spatial_shapes, m, cfg.num_queries, cfg.layer_norm_eps, trace)
+    logits, boxes = decoder(target, ref, memory, spatial_shapes, m["decoder"], cfg, trace)
+    if trace is not None:
+        trace.update({f"backbone.{l}": f for l, f in enumerate(feats)})
+        trace.update({f"encoder.output.{l}": e for l, e in enumerate(enc)})
+        trace.update({"memory": memory, "logits": logits, "pred_boxes": boxes})
+    return logits, boxes
+
+
+@dataclass(frozen=True)
+class DetectionOutput:
+    logits: np.ndarray          # [B, Nq, NC] class logits (sigmoid gives the scores)
+    pred_boxes: np.ndarray      # [B, Nq, 4] (cx, cy, w, h), normalised to [0, 1] by the input's width and height
+
+
+@dataclass(frozen=True)
+class Model:
+    """A loaded detector: its Config, its params tree and the sampling method. Call it on pixel values."""
+    config: Config
+    params: dict
+    source: str = ""
+
+    def __call__(self, pixel_values):
+        logits, boxes = forward(self.params, self.config, _check_pixels(pixel_values))
+        return DetectionOutput(logits, boxes)
+
+    def trace(self, pixel_values):
+        """Every intermediate of one forward pass, by name (the list is in `forward`'s docstring)."""
+        stages = {}
+        forward(self.params, self.config, _check_pixels(pixel_values), trace=stages)
+        return stages
+
+    @property
+    def method(self):
+        return self.config.method
+
+    @property
+    def id2label(self):
+        return self.config.id2label or {i: str(i) for i in range(self.config.num_labels)}
+
+
+def _check_pixels(x):
+    x = np.asarray(x)
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {list(x.shape)}")
+    if x.dtype != np.float32:
+        raise ValueError(f"pixel_values must be float32, got {x.dtype}")
+    return x
+
+
+def build_model(cfg, tensors, method=None, source="<memory>"):
+    """A Model from a Config and a flat {hub name: array}; checks every tensor (see weights.check_and_clean).
+
+    method: "bilinear" or "discrete" overrides the config's decoder_method; None keeps it.
+    """
+    if method is not None:
+        if method not in ("bilinear", "discrete"):
+            raise RTDetrError(f"method must be 'bilinear' or 'discrete', got {method!r}")
+        cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
+    return Model(cfg, params_tree(check_and_clean(tensors, cfg, source)), source)

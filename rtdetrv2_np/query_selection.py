@@ -1,0 +1,82 @@
+"""Uncertainty-minimal query selection's inference path: pick the 300 best encoder positions as decoder queries.
+
+References
+    [1] Zhao et al., RT-DETR, arXiv 2304.08069, §4.3 "Uncertainty-minimal Query Selection" (at inference the
+        top-K encoder features by classification score initialise the object queries), Fig. 2.
+    [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §4.2 / App. A.4 "two-stage": every encoder position is a
+        proposal whose box is predicted relative to an anchor of size 0.05 * 2^l.
+    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`_generate_anchors`,
+        `_get_decoder_input`, `_select_topk`).
+    [hf] transformers RTDetrV2Model.generate_anchors / forward, whose names we use.
+
+Steps (per image; Nv = sum of H_l * W_l over the L levels):
+    anchors, valid = generate_anchors(shapes)            [Nv, 4] logits of (cx, cy, w, h), [Nv] bool
+    out = LayerNorm(Linear(valid * memory))               the "enc_output" projection; invalid positions see 0
+    enc_logits = enc_score_head(out)                      [B, Nv, NC] class logits
+    enc_coord_logits = enc_bbox_head(out) + anchors       [B, Nv, 4]  box logits, refined from the anchor
+    index = top-Nq of max_c enc_logits                    ranked by the raw max class logit, descending
+    target = out[index]                                   initial query content (not a learned embedding)
+    reference_boxes = sigmoid(enc_coord_logits[index])    initial reference boxes
+Only this local copy of memory is masked; the decoder's cross-attention reads the unmasked memory.
+"""
+
+import numpy as np
+
+from .nn import layer_norm, linear, mlp, sigmoid
+
+f32 = np.float32
+
+ANCHOR_SIZE = 0.05        # grid_size: anchor w = h = 0.05 * 2^l on level l ([2] App. A.4; [hf] generate_anchors)
+VALID_EPS = 0.01          # anchors with any coordinate outside (0.01, 0.99) are invalid ([4] _generate_anchors eps)
+INVALID = np.finfo(np.float32).max  # transformers' fill for invalid anchors (the official code uses +inf);
+                                    # either way sigmoid gives exactly 1, a (1, 1, 1, 1) box
+
+
+def generate_anchors(spatial_shapes):
+    """Anchor boxes in logit space for every position of every level, and their validity.
+
+    spatial_shapes: list of (H_l, W_l). Returns anchors [Nv, 4] float32 = logit(cx, cy, w, h) with
+    cx = (x + 0.5) / W_l, cy = (y + 0.5) / H_l, w = h = 0.05 * 2^l (row-major per level, levels fine to coarse),
+    INVALID where not valid; valid [Nv] bool. All arithmetic in float32 in transformers' order.
+    """
+    boxes = []
+    for l, (H, W) in enumerate(spatial_shapes):
+        y, x = np.meshgrid(np.arange(H, dtype=f32), np.arange(W, dtype=f32), indexing="ij")   # [H_l, W_l]
+        cx = (x + f32(0.5)) / f32(W)
+        cy = (y + f32(0.5)) / f32(H)
+        wh = np.full_like(cx, f32(ANCHOR_SIZE) * f32(2.0 ** l))
+        boxes.append(np.stack([cx, cy, wh, wh], axis=-1).reshape(H * W, 4))       # [H_l*W_l, 4]
+    a = np.concatenate(boxes, axis=0)                                             # [Nv, 4]
+    valid = np.all((a > f32(VALID_EPS)) & (a < f32(1 - VALID_EPS)), axis=-1)      # [Nv]
+    logits = np.log(a / (f32(1) - a))                                             # [Nv, 4]
+    return np.where(valid[:, None], logits, f32(INVALID)).astype(f32), valid
+
+
+def topk_indices(scores, k):
+    """Indices of the k largest scores per row, descending; ties keep the lower index first (a stable sort).
+
+    scores [B, N] -> [B, k]. torch.topk leaves the order of equal values unspecified, so on exact ties the two may
+    differ; the decoder treats its queries as a set (it is permutation-equivariant), so only the set matters.
+    """
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]                      # [B, k]
+
+
+def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None):
+    """Query selection. memory [B, Nv, C] -> (target [B, Nq, C], reference_boxes [B, Nq, 4], index [B, Nq]).
+
+    p is params["model"] (enc_output, enc_score_head, enc_bbox_head). If `trace` is a dict the intermediates go in
+    it under "anchors", "valid_mask", "enc_logits", "enc_coord_logits", "topk_index", "reference_boxes", "target".
+    """
+    anchors, valid = generate_anchors(spatial_shapes)                             # [Nv, 4], [Nv]
+    masked = memory * valid[None, :, None].astype(f32)                            # [B, Nv, C]
+    out = layer_norm(linear(masked, p["enc_output"][0]), p["enc_output"][1], eps)  # [B, Nv, C]
+    enc_logits = linear(out, p["enc_score_head"])                                 # [B, Nv, NC]
+    enc_coord_logits = mlp(out, p["enc_bbox_head"]["layers"]) + anchors           # [B, Nv, 4]
+    index = topk_indices(enc_logits.max(axis=-1), num_queries)                    # [B, Nq]
+    target = np.take_along_axis(out, index[:, :, None], axis=1)                   # [B, Nq, C]
+    reference_boxes = sigmoid(np.take_along_axis(enc_coord_logits, index[:, :, None], axis=1))  # [B, Nq, 4]
+    if trace is not None:
+        trace.update({"anchors": anchors, "valid_mask": valid, "enc_logits": enc_logits,
+                      "enc_coord_logits": enc_coord_logits, "topk_index": index,
+                      "reference_boxes": reference_boxes, "target": target})
+    return target, reference_boxes, index

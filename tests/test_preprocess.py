@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import PIL
 import PIL.Image
 import pytest
 
@@ -21,6 +22,9 @@ COCO = [n for n in NAMES if n.startswith("coco_")]
 SMALL = [n for n in NAMES if not n.startswith("coco_")]
 
 
+PILLOW = f"recorded with Pillow {META['recorded_with']['Pillow']}, running Pillow {PIL.__version__}"
+
+
 def sha(x):
     return hashlib.sha256(np.ascontiguousarray(x, dtype="<f4").tobytes()).hexdigest()
 
@@ -30,7 +34,7 @@ def assert_bitexact(ours, ref, what):
     assert ours.shape == ref.shape and ours.dtype == ref.dtype, (what, ours.shape, ours.dtype, ref.shape, ref.dtype)
     diff = np.abs(ours.astype(np.float64) - ref.astype(np.float64))
     print(f"{what}: max |diff| = {diff.max():.3g}, {int((diff > 0).sum())} of {diff.size} values differ")
-    assert np.array_equal(ours, ref), f"{what}: NOT bit-exact, max |diff| = {diff.max():.3g}"
+    assert np.array_equal(ours, ref), f"{what}: NOT bit-exact, max |diff| = {diff.max():.3g} ({PILLOW})"
 
 
 def from_k(k):
@@ -55,7 +59,7 @@ def test_pixel_values_640_bit_exact(name):
     if name in COCO:
         assert_bitexact(pv[0][:, [0, 320, 639], :], from_k(REF[f"{name}/rows"]), f"{name} rows 0/320/639")
         assert_bitexact(pv[0][:, 300:332, 400:432], from_k(REF[f"{name}/patch"]), f"{name} patch")
-    assert sha(pv) == entry["sha256_640"], f"{name}: sha256 of the 640x640 float32 pixel values differs"
+    assert sha(pv) == entry["sha256_640"], f"{name}: sha256 of the 640x640 float32 pixel values differs ({PILLOW})"
 
 
 @pytest.mark.parametrize("name", SMALL)

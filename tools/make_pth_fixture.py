@@ -130,7 +130,7 @@ def big_endian_copy(data, sd):
                 dtype = order[int(rest[5:])]
                 item = torch.empty(0, dtype=dtype).element_size()
                 raw = np.frombuffer(raw, dtype=np.uint8).reshape(-1, item)[:, ::-1].tobytes() if item > 1 else raw
-            zout.writestr(info.filename, raw)
+            zout.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), raw)   # reproducible
     return out.getvalue()
 
 

@@ -14,10 +14,10 @@ apply the EXIF orientation.
 
 How each PIL mode becomes RGB (Pillow's `Image.convert("RGB")`, which transformers' load_image calls; recorded in
 tests/fixtures/preprocess/reference.json):
-    L, I, F   grey value copied to R, G, B               1      0 -> 0, 1 -> 255
+    L         grey value copied to R, G, B               1      0 -> 0, 1 -> 255
     P         palette lookup; tRNS transparency ignored  LA     grey copied, alpha DROPPED (not blended)
     RGBA      alpha DROPPED (not blended onto white)     CMYK   R = round((255 - C) * (255 - K) / 255), etc.
-    I;16      16-bit grey CLIPPED to 0..255, not scaled (65535 -> 255, 200 -> 200)
+    I;16, I   grey CLIPPED to 0..255, not scaled (65535 -> 255, 200 -> 200); F: clipped, then truncated
 transformers' other RGB conversion, `image_transforms.convert_to_rgb` (blends alpha onto white), runs only with
 do_convert_rgb=True; RT-DETR's processor leaves do_convert_rgb unset, so it is never used here.
 

@@ -1,0 +1,481 @@
+"""Figures that teach RT-DETRv2, drawn from the named intermediates of one forward pass (`Model.trace`).
+
+Every function takes the trace dict (`stages = model.trace(pixel_values)`) or plain arrays and returns a
+`matplotlib.figure.Figure` built directly, without pyplot: nothing here chooses a backend, opens a window or calls
+plt.show(). Save one with `fig.savefig("out.png")`; in Jupyter, run `%matplotlib inline` once and put the figure on
+the last line of a cell.
+
+    plot_detections            boxes, label names and scores on the image          (after post-processing)
+    plot_sampling_locations    where each head of one query samples, per level      ([2] Eq. 3, [3] §3)
+    plot_bilinear_vs_discrete  grid_sample's 4-neighbour mix against [3]'s one-texel gather
+    plot_box_refinement        one query's box through the decoder layers           ([2] App. A.4)
+    plot_query_selection       max class logit per encoder position, the top-300 marked   ([1] §4.3)
+    plot_feature_maps          backbone / encoder maps: channel mean and first channels   ([1] §4.1-4.2)
+
+Weights. The teaching notebooks use the trained checkpoint when it is in the Hugging Face cache and otherwise a
+deterministic random-weight model (`teaching_model`). Whatever depends on the weights (boxes, scores, where heads
+look, which positions win the top-300) means nothing with random weights, and a figure must say so: every figure
+function takes `weights_note` (any text, stamped in red at the top) and `random_weights=True` (stamps
+RANDOM_WEIGHTS_NOTE).
+
+References: [1] RT-DETR arXiv 2304.08069; [2] Deformable DETR arXiv 2010.04159; [3] RT-DETRv2 arXiv 2407.17140.
+Shape letters: see the glossary in nn.py.
+"""
+
+import contextlib
+import os
+
+import numpy as np
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from .deformable_attention import sample_bilinear, sample_discrete
+
+HUB_ID = "PekingU/rtdetr_v2_r18vd"
+RANDOM_WEIGHTS_NOTE = ("RANDOM WEIGHTS (no trained checkpoint in the cache): boxes, scores and attention here mean "
+                       "nothing - random weights don't find cats")
+NOTE_COLOR = "#b00020"
+LEVEL_MARKERS = ("o", "s", "^", "D", "v")      # one marker per feature level (stride 8, 16, 32, ...)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The model the walkthrough uses
+# ----------------------------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _offline():
+    """HF_HUB_OFFLINE=1 for the duration: hub look-ups read the cache and never touch the network."""
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["HF_HUB_OFFLINE"]
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+def teaching_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
+    """(model, is_real): the trained checkpoint if it is in the hub cache, else a deterministic random-weight model.
+
+    Never downloads: the hub id is looked up with HF_HUB_OFFLINE=1 semantics (cache only). If the checkpoint is not
+    cached (an RTDetrError), returns random_model(variant, seed, method) -- the same architecture, computing exactly
+    what the trained network computes, but finding nothing. is_real tells which; model.source names the file.
+    """
+    from .errors import RTDetrError
+    from .loading import load_model
+    from .random_weights import random_model
+    try:
+        with _offline():
+            return load_model(hub_id, method=method), True
+    except RTDetrError:
+        return random_model(variant, seed=seed, method=method), False
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Layout helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+def _note(weights_note, random_weights):
+    return weights_note if weights_note is not None else (RANDOM_WEIGHTS_NOTE if random_weights else None)
+
+
+def _figure(nrows, ncols, panel, title, note, *, right=0.2, left=0.2, bottom=0.25, wspace=0.25, hspace=0.35):
+    """A Figure with an nrows x ncols grid of panels of `panel` (w, h) inches and a header band on top.
+
+    The header holds the title (black) and, below it, the weights note (red), so that the warning is the first thing
+    a reader sees. Sizes are in inches, so the layout does not depend on the backend. Returns (fig, axes 2-D array).
+    """
+    pw, ph = panel
+    n_title = title.count("\n") + 1 if title else 0
+    head = 0.32 + 0.3 * n_title + (0.28 if note else 0.0)
+    width = left + right + ncols * pw + (ncols - 1) * wspace * pw
+    height = head + bottom + nrows * ph + (nrows - 1) * hspace * ph
+    fig = Figure(figsize=(width, height), dpi=100)
+    axes = fig.subplots(nrows, ncols, squeeze=False, gridspec_kw=dict(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - head / height,
+        wspace=wspace, hspace=hspace))
+    y = 1 - 0.12 / height
+    if title:
+        fig.text(0.5, y, title, ha="center", va="top", fontsize=12, fontweight="bold", linespacing=1.3)
+        y -= 0.3 * n_title / height
+    if note:
+        fig.text(0.5, y, note, ha="center", va="top", fontsize=10, color=NOTE_COLOR, fontweight="bold",
+                 wrap=True)
+    return fig, axes
+
+
+def _rgb(image):
+    """An image as float [H, W, 3] in [0, 1], from a PIL image, [H, W, 3] uint8/float, or pixel values [(1,) 3, H, W]."""
+    if image is None:
+        return None
+    if hasattr(image, "convert"):                                   # PIL
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    a = np.asarray(image)
+    if a.ndim == 4:
+        a = a[0]
+    if a.ndim == 3 and a.shape[0] == 3 and a.shape[-1] != 3:
+        a = a.transpose(1, 2, 0)                                     # [3, H, W] -> [H, W, 3]
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=-1)
+    a = a.astype(np.float32)
+    if np.issubdtype(np.asarray(image).dtype, np.integer):
+        a = a / 255
+    return np.clip(a, 0, 1)
+
+
+def _box_xyxy(box, w, h):
+    """(cx, cy, w, h) normalised -> (x1, y1, x2, y2) in pixels of a w x h image."""
+    cx, cy, bw, bh = (float(v) for v in box)
+    return (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h
+
+
+def _zoom(ax, xs, ys, w, h, margin=0.25, min_size=0.15):
+    """Limit ax to the span of xs, ys (pixels) plus a margin, at least min_size of the image, kept square-ish."""
+    x1, x2, y1, y2 = min(xs), max(xs), min(ys), max(ys)
+    size = max(x2 - x1, y2 - y1, min_size * max(w, h)) * (1 + 2 * margin)
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    cx = _slide(cx, x1, x2, size, w)                                # inside the image if the content allows
+    cy = _slide(cy, y1, y2, size, h)
+    ax.set_xlim(cx - size / 2, cx + size / 2)
+    ax.set_ylim(cy + size / 2, cy - size / 2)
+
+
+def _slide(c, lo, hi, size, extent):
+    """Move a window centre c so the window [c - size/2, c + size/2] stays in [0, extent] while still holding
+    [lo, hi]; if it cannot do both, it holds [lo, hi]."""
+    keep = (hi - size / 2, lo + size / 2)                           # centres whose window holds the content
+    inside = (size / 2, extent - size / 2)                          # centres whose window stays in the image
+    a, b = max(keep[0], inside[0]), min(keep[1], inside[1])
+    return min(max(c, a), b) if a <= b else min(max(c, keep[0]), keep[1])
+
+
+def _clean(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _n_points(stages, K):
+    """Points per level from the trace: K split evenly over the levels (the published models all use equal counts)."""
+    L = sum(1 for k in stages if k.startswith("encoder.output.")) or 3
+    if K % L:
+        raise ValueError(f"cannot split {K} points evenly over {L} levels: pass n_points")
+    return [K // L] * L
+
+
+def _label(id2label, c):
+    return id2label.get(int(c), str(int(c))) if id2label else str(int(c))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Figures
+# ----------------------------------------------------------------------------------------------------------------
+
+def plot_detections(image, detections, id2label=None, threshold=None, max_detections=30, title=None,
+                    weights_note=None, random_weights=False, panel=6.0):
+    """Boxes, label names and scores drawn on the image.
+
+    image: PIL image, [H, W, 3] array or pixel values [(1,) 3, H, W]. detections: one dict of
+    post_process_object_detection ("scores" [n], "labels" [n], "boxes" [n, 4] x1, y1, x2, y2 in pixels of `image`).
+    id2label: {label: name} (model.id2label). threshold: drop scores <= threshold; max_detections: the best n drawn.
+    """
+    img = _rgb(image)
+    H, W = img.shape[:2]
+    scores = np.asarray(detections["scores"], dtype=np.float64)
+    labels = np.asarray(detections["labels"])
+    boxes = np.asarray(detections["boxes"], dtype=np.float64).reshape(-1, 4)
+    keep = np.argsort(-scores, kind="stable")
+    if threshold is not None:
+        keep = keep[scores[keep] > threshold]
+    keep = keep[:max_detections]
+    note = _note(weights_note, random_weights)
+    fig, axes = _figure(1, 1, (panel, panel * H / W), title or f"{len(keep)} detections", note)
+    ax = axes[0, 0]
+    ax.imshow(img)
+    for i in keep:
+        x1, y1, x2, y2 = boxes[i]
+        color = _tab10(int(labels[i]))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
+        ax.text(max(x1, 0) + 2, max(y1, 0) + 2, f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white",
+                fontsize=9, va="top", ha="left", bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.5))
+    ax.set_xlim(0, W)
+    ax.set_ylim(H, 0)
+    _clean(ax)
+    return fig
+
+
+def _tab10(i):
+    """The i-th colour of matplotlib's tab10 cycle (no colormap registry needed)."""
+    cycle = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+             "#17becf"]
+    return cycle[i % 10]
+
+
+def plot_sampling_locations(image, stages, layer, query, n_points=None, batch=0, heads=None, zoom=True, ncols=4,
+                            title=None, weights_note=None, random_weights=False, panel=3.0):
+    """Where one query's deformable cross-attention samples in decoder layer `layer`: one panel per head.
+
+    image: what the locations are drawn on (the model input or the original image; locations are normalised, so any
+    size works). stages: the trace dict; reads decoder.{layer}.sampling_locations [B, Nq, M, K, 2] and
+    .attention_weights [B, Nq, M, K], and the reference box that layer received: reference_boxes for layer 0,
+    decoder.{layer-1}.boxes after. n_points: K_l per level (default: K split evenly over the levels).
+    In each panel: the reference box (white, dashed) and its centre (+), every sampling point coloured by its
+    attention weight A_mlqk (one colour scale for all heads), one marker shape per level; the panel title gives the
+    share of the head's attention that goes to each level. zoom: crop to the box and its points.
+    """
+    img = _rgb(image)
+    H, W = img.shape[:2]
+    loc = np.asarray(stages[f"decoder.{layer}.sampling_locations"][batch, query], dtype=np.float64)   # [M, K, 2]
+    aw = np.asarray(stages[f"decoder.{layer}.attention_weights"][batch, query], dtype=np.float64)     # [M, K]
+    ref_name = "reference_boxes" if layer == 0 else f"decoder.{layer - 1}.boxes"
+    ref = np.asarray(stages[ref_name][batch, query], dtype=np.float64)                                # [4]
+    M, K = aw.shape
+    n_points = list(n_points) if n_points is not None else _n_points(stages, K)
+    level_of = np.repeat(np.arange(len(n_points)), n_points)                                           # [K]
+    heads = list(range(M)) if heads is None else list(heads)
+    nrows = -(-len(heads) // ncols)
+    note = _note(weights_note, random_weights)
+    title = title or (f"decoder layer {layer}, query {query}: where each head samples\n"
+                      f"colour = attention weight, marker = level, dashed = the reference box ({ref_name})")
+    fig, axes = _figure(nrows, min(ncols, len(heads)), (panel, panel), title, note, right=1.3, hspace=0.3)
+    norm = Normalize(0, max(float(aw[heads].max()), 1e-6))
+    x1, y1, x2, y2 = _box_xyxy(ref, W, H)
+    mappable = None
+    for ax in axes.flat[len(heads):]:
+        ax.set_visible(False)
+    for ax, m in zip(axes.flat, heads):
+        ax.imshow(img, alpha=0.55)
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=1.8,
+                               linestyle="--"))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="black", linewidth=0.6))
+        ax.plot([ref[0] * W], [ref[1] * H], marker="+", color="black", markersize=10, mew=2)
+        px, py = loc[m, :, 0] * W, loc[m, :, 1] * H
+        order = np.argsort(aw[m])                                   # heaviest drawn last, on top
+        for l in range(len(n_points)):
+            sel = order[level_of[order] == l]
+            mappable = ax.scatter(px[sel], py[sel], c=aw[m, sel], cmap="plasma", norm=norm,
+                                  s=25 + 220 * aw[m, sel] / norm.vmax, marker=LEVEL_MARKERS[l % 5],
+                                  edgecolors="black", linewidths=0.6, zorder=3)
+        share = [aw[m, level_of == l].sum() for l in range(len(n_points))]
+        ax.set_title(f"head {m}: " + " / ".join(f"L{l} {s:.2f}" for l, s in enumerate(share)), fontsize=9)
+        if zoom:
+            _zoom(ax, list(px) + [x1, x2], list(py) + [y1, y2], W, H)
+        else:
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+        _clean(ax)
+    cax = fig.add_axes([1 - 1.0 / fig.get_figwidth(), 0.25, 0.15 / fig.get_figwidth(), 0.5])
+    fig.colorbar(mappable, cax=cax, label="attention weight A")
+    handles = [axes.flat[0].scatter([], [], marker=LEVEL_MARKERS[l % 5], color="grey", edgecolors="black",
+                                    label=f"level {l} (K={k})") for l, k in enumerate(n_points)]
+    cax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.04), fontsize=8, frameon=False)
+    return fig
+
+
+def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, random_weights=False, panel=4.0,
+                              annotate=True):
+    """Bilinear versus discrete sampling of the same points on one small feature map, side by side.
+
+    value [H, W]: one channel of one level (small, e.g. 4 x 5, so that every texel can be labelled).
+    locations [P, 2]: normalised (x, y), as in the sampling_locations of the decoder.
+    Axes are in texel units u = x * W, v = y * H; texel (i, j) covers [i, i+1] x [j, j+1], its centre at (i + 0.5,
+    j + 0.5) -- grid_sample's align_corners=False convention. Left: the point (x), the 4 neighbour centres with their
+    bilinear weights (0 and hollow where the neighbour lies outside the map: zero padding), and the interpolated
+    value. Right: the texel discrete sampling picks, trunc(u + 0.5) clamped into the map, and the dashed cell of u
+    values that pick it -- [i - 0.5, i + 0.5), shifted half a texel from the texel itself. The values printed are
+    computed by the package's sample_bilinear and sample_discrete.
+    """
+    value = np.asarray(value, dtype=np.float32)
+    H, W = value.shape
+    locs = np.asarray(locations, dtype=np.float32).reshape(-1, 2)                            # [P, 2]
+    v4 = value[None, :, :, None]                                                              # [1, H, W, 1]
+    bil = sample_bilinear(v4, locs[None])[0, :, 0]                                            # [P]
+    dis = sample_discrete(v4, locs[None])[0, :, 0]                                            # [P]
+    note = _note(weights_note, random_weights)
+    size = (panel, panel * (H + 1.5) / (W + 1.5))
+    fig, axes = _figure(1, 2, size, title or "one feature map, the same points, two ways to read it", note,
+                        wspace=0.15, left=0.45, bottom=0.6 + 0.17 * len(locs))
+    for ax, name in zip(axes[0], ("bilinear: grid_sample, zero padding", "discrete: RT-DETRv2 §3, nearest texel")):
+        ax.imshow(value, cmap="Greys", extent=(0, W, H, 0), alpha=0.45,
+                  vmin=float(value.min()) - 0.3 * float(np.ptp(value) or 1), vmax=float(value.max()))
+        for j in range(H + 1):
+            ax.axhline(j, color="grey", linewidth=0.5)
+        for i in range(W + 1):
+            ax.axvline(i, color="grey", linewidth=0.5)
+        if annotate:                                                # texel values in the top-left corners
+            for j in range(H):
+                for i in range(W):
+                    ax.text(i + 0.06, j + 0.06, f"{value[j, i]:.3g}", ha="left", va="top", fontsize=7,
+                            color="#444444")
+        ax.set_xlim(-0.75, W + 0.75)
+        ax.set_ylim(H + 0.75, -0.75)
+        ax.set_xticks(range(W + 1))
+        ax.set_yticks(range(H + 1))
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("u = x * W (texel units)", fontsize=8)
+        ax.set_title(name, fontsize=10)
+    axes[0, 0].set_ylabel("v = y * H", fontsize=8)
+    lines_b, lines_d = [], []
+    for p, (x, y) in enumerate(locs):
+        color = _tab10(p + 3)
+        u, v = float(x) * W, float(y) * H
+        # bilinear: neighbours and weights (the same formula as sample_bilinear, in pixel units ix = u - 0.5)
+        ax = axes[0, 0]
+        ix, iy = u - 0.5, v - 0.5
+        x0, y0 = int(np.floor(ix)), int(np.floor(iy))
+        for cx, cy in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
+            wgt = (1 - abs(ix - cx)) * (1 - abs(iy - cy))
+            inside = 0 <= cx < W and 0 <= cy < H
+            ax.plot([u, cx + 0.5], [v, cy + 0.5], color=color, linewidth=0.8 + 2.5 * wgt, alpha=0.8)
+            ax.plot([cx + 0.5], [cy + 0.5], marker="o", markersize=6, color=color if inside else "white",
+                    markeredgecolor=color)
+            ax.text(cx + 0.5, cy + 0.5 + 0.14, f"{wgt:.2f}" if inside else "0 (pad)", ha="center", va="top",
+                    fontsize=7, color=color, fontweight="bold")
+        ax.plot([u], [v], marker="X", markersize=10, color=color, markeredgecolor="black")
+        ax.text(u + 0.12, v - 0.12, f"p{p}", color=color, fontsize=8, fontweight="bold", ha="left", va="bottom")
+        lines_b.append(f"p{p} ({x:.3f}, {y:.3f}) -> {bil[p]:.4g}")
+        # discrete: the picked texel, and the cell of u values that pick it
+        ax = axes[0, 1]
+        i = min(max(int(u + 0.5), 0), W - 1)
+        j = min(max(int(v + 0.5), 0), H - 1)
+        ax.add_patch(Rectangle((i, j), 1, 1, fill=True, facecolor=color, alpha=0.3, edgecolor=color, linewidth=2.5))
+        ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=1.2,
+                               linestyle="--"))
+        ax.annotate("", xy=(i + 0.5, j + 0.5), xytext=(u, v),
+                    arrowprops=dict(arrowstyle="->", color=color, linewidth=1.5))
+        ax.plot([u], [v], marker="X", markersize=10, color=color, markeredgecolor="black")
+        ax.text(u + 0.12, v - 0.12, f"p{p}", color=color, fontsize=8, fontweight="bold", ha="left", va="bottom")
+        lines_d.append(f"p{p} -> texel (col {i}, row {j}) = {dis[p]:.4g}")
+    h_ax = axes[0, 0].get_position().height * fig.get_figheight()
+    for ax, lines in ((axes[0, 0], lines_b), (axes[0, 1], lines_d)):
+        ax.text(0.0, -0.5 / h_ax, "\n".join(lines), transform=ax.transAxes, va="top", fontsize=8,
+                family="monospace")
+    return fig
+
+
+def plot_box_refinement(image, stages, queries, batch=0, id2label=None, zoom=True, ncols=3, title=None,
+                        weights_note=None, random_weights=False, panel=3.6):
+    """The boxes of a few queries through the decoder: query selection's box, then the output of every layer.
+
+    image: as in plot_detections (boxes are normalised, so any size). stages: the trace dict (reference_boxes and
+    decoder.{i}.boxes [B, Nq, 4], decoder.{i}.logits [B, Nq, NC]). queries: query indices, one panel each. Each
+    layer's box is b_i = sigmoid(bbox_embed_i(h_i) + logit(b_{i-1})) ([2] App. A.4); colours go from light (the
+    selected anchor box) to dark (the last layer). With id2label the panel title gives the last layer's best class
+    and its score sigmoid(logit).
+    """
+    img = _rgb(image)
+    H, W = img.shape[:2]
+    n_layers = sum(1 for k in stages if k.startswith("decoder.") and k.endswith(".boxes"))
+    names = ["reference_boxes"] + [f"decoder.{i}.boxes" for i in range(n_layers)]
+    labels = ["query selection"] + [f"layer {i}" for i in range(n_layers)]
+    queries = [int(q) for q in np.atleast_1d(queries)]
+    nrows = -(-len(queries) // ncols)
+    note = _note(weights_note, random_weights)
+    fig, axes = _figure(nrows, min(ncols, len(queries)), (panel, panel),
+                        title or "iterative box refinement: each decoder layer corrects the box it received", note,
+                        right=1.6, hspace=0.3)
+    for ax in axes.flat[len(queries):]:
+        ax.set_visible(False)
+    # query selection's box in orange, then the layers from light to dark blue
+    shades = ["#e69f00"] + [(0.55 * (1 - t), 0.65 * (1 - t) + 0.1, 0.95 - 0.4 * t)
+                            for t in np.linspace(0, 1, max(1, len(names) - 1))]
+    for ax, q in zip(axes.flat, queries):
+        ax.imshow(img, alpha=0.6)
+        xs, ys = [], []
+        for k, (name, lab) in enumerate(zip(names, labels)):
+            x1, y1, x2, y2 = _box_xyxy(np.asarray(stages[name][batch, q]), W, H)
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=shades[k],
+                                   linewidth=1.4 + 1.2 * k / max(1, len(names) - 1),
+                                   linestyle="--" if k == 0 else "-", label=lab))
+            xs += [x1, x2]
+            ys += [y1, y2]
+        sub = f"query {q}"
+        if id2label is not None and n_layers:
+            logits = np.asarray(stages[f"decoder.{n_layers - 1}.logits"][batch, q], dtype=np.float64)
+            c = int(np.argmax(logits))
+            sub += f": {_label(id2label, c)} {1 / (1 + np.exp(-logits[c])):.2f}"
+        ax.set_title(sub, fontsize=9)
+        if zoom:
+            _zoom(ax, xs, ys, W, H, margin=0.12)
+        else:
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+        _clean(ax)
+    axes.flat[0].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False) \
+        if len(queries) == 1 else fig.legend(*axes.flat[0].get_legend_handles_labels(), loc="center right",
+                                             fontsize=8, frameon=False)
+    return fig
+
+
+def plot_query_selection(stages, spatial_shapes, image=None, batch=0, title=None, weights_note=None,
+                         random_weights=False, panel=3.4):
+    """Query selection as a heat map: the max class logit of every encoder position, on each level, top-Nq marked.
+
+    stages: the trace dict (enc_logits [B, Nv, NC], topk_index [B, Nq], valid_mask [Nv]). spatial_shapes: [(H_l,
+    W_l)] of the levels (fine to coarse, as the tokens are concatenated). image: optional, drawn under the heat map.
+    The score ranked is max_c enc_logits ([1] §4.3; [hf] RTDetrV2Model.forward). Positions whose anchor is invalid
+    (centre within 1% of the border or box too large) see zeroed memory; they are hatched. White dots: the
+    selected positions; the panel title counts them per level.
+    """
+    score = np.asarray(stages["enc_logits"][batch], dtype=np.float64).max(axis=-1)          # [Nv]
+    index = np.asarray(stages["topk_index"][batch])                                          # [Nq]
+    valid = np.asarray(stages["valid_mask"]).reshape(-1).astype(bool)                        # [Nv]
+    img = _rgb(image)
+    note = _note(weights_note, random_weights)
+    L = len(spatial_shapes)
+    fig, axes = _figure(1, L, (panel, panel), title or f"query selection: max class logit per position, the "
+                        f"top-{len(index)} marked", note, right=1.0, bottom=0.3, wspace=0.12)
+    norm = Normalize(float(score[valid].min()), float(score[valid].max()))
+    start, im = 0, None
+    for l, (ax, (h, w)) in enumerate(zip(axes[0], spatial_shapes)):
+        s = score[start:start + h * w].reshape(h, w)                                         # [H_l, W_l]
+        v = valid[start:start + h * w].reshape(h, w)
+        sel = index[(index >= start) & (index < start + h * w)] - start
+        if img is not None:
+            ax.imshow(img, extent=(0, w, h, 0))
+        im = ax.imshow(np.where(v, s, np.nan), cmap="magma", norm=norm, extent=(0, w, h, 0),
+                       alpha=0.75 if img is not None else 1.0, interpolation="nearest")
+        inv_y, inv_x = np.nonzero(~v)
+        for yy, xx in zip(inv_y, inv_x):
+            ax.add_patch(Rectangle((xx, yy), 1, 1, fill=False, hatch="////", edgecolor="#9ec5e8", linewidth=0))
+        ax.scatter(sel % w + 0.5, sel // w + 0.5, s=max(4.0, 400 / max(h, w)), facecolors="white",
+                   edgecolors="black", linewidths=0.4, zorder=3)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        ax.set_title(f"level {l}: {h}x{w}, {len(sel)} selected", fontsize=9)
+        _clean(ax)
+        start += h * w
+    cax = fig.add_axes([1 - 0.8 / fig.get_figwidth(), 0.3 / fig.get_figheight() + 0.05, 0.15 / fig.get_figwidth(),
+                        0.6])
+    fig.colorbar(im, cax=cax, label="max class logit")
+    return fig
+
+
+def plot_feature_maps(stages, names, batch=0, channels=None, n_channels=3, title=None, weights_note=None,
+                      random_weights=False, panel=2.2):
+    """Feature maps [B, C, H, W] by name, one row each: the mean over channels, then a few single channels.
+
+    stages: the trace dict (or any {name: array}); names: e.g. ["backbone.0", "backbone.1", "backbone.2"] or
+    ["encoder.input_proj.2", "encoder.aifi"]. channels: which channels to show; None picks, per map, the n_channels
+    with the largest spatial standard deviation (after a ReLU many channels are all zero). Each panel has its own
+    colour scale (viridis, dark = low).
+    """
+    note = _note(weights_note, random_weights)
+    ncols = 1 + (len(channels) if channels is not None else n_channels)
+    fig, axes = _figure(len(names), ncols, (panel, panel), title or "feature maps", note, left=1.6,
+                        hspace=0.25, wspace=0.1)
+    for row, name in zip(axes, names):
+        x = np.asarray(stages[name][batch], dtype=np.float64)                                # [C, H, W]
+        chosen = list(channels) if channels is not None else \
+            list(np.argsort(-x.reshape(len(x), -1).std(axis=1), kind="stable")[:n_channels])
+        maps = [x.mean(axis=0)] + [x[c] for c in chosen]
+        heads = ["mean over C"] + [f"channel {c}" for c in chosen]
+        for ax, m, head in zip(row, maps, heads):
+            ax.imshow(m, cmap="viridis", interpolation="nearest")
+            ax.set_title(head, fontsize=8)
+            _clean(ax)
+        row[0].set_ylabel(f"{name}\n[C={x.shape[0]}, {x.shape[1]}x{x.shape[2]}]", fontsize=9, rotation=0,
+                          ha="right", va="center")
+    return fig

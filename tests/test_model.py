@@ -1,0 +1,296 @@
+"""The NumPy forward pass against recorded PyTorch (transformers 5.24, torch 2.13 CPU) outputs, stage by stage.
+
+Fixtures: tests/fixtures/reference/<case>/ (format and how they were recorded: its README). Tiny cases hold the
+checkpoint (loaded here through load_model, as a hub-layout directory) and every stage whole; full-size cases are
+rebuilt from rtdetrv2_np.random_weights with the recorded seed and hold every stage as a summary (values at 4096
+fixed positions and per-channel means) plus the final outputs whole.
+
+Tolerances, and why:
+  STAGE_ATOL 1e-4   every stage's values are O(1) by construction of the random weights (activation std 0.1-1,
+                    |x| < 5); float32 GEMMs in a different summation order (OpenBLAS vs oneDNN) differ by ~1e-7
+                    relative per op and grow to a few 1e-6 over ~60 layers, measured at most 1.2e-5. 1e-4 leaves
+                    10x headroom and is the issue's bound for final logits and boxes.
+  MEAN_ATOL 1e-5    per-channel means average thousands of values, so their rounding noise is smaller.
+  TIE_ATOL 1e-5     two selected queries whose max-class logits differ by less than this may come out of top-k in
+                    either order (the recorded logits differ from ours by up to ~5e-6); anything else must match.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import assert_close
+from PIL import Image
+
+import rtdetrv2_np.deformable_attention as msda
+from rtdetrv2_np import build_model, load_model
+from rtdetrv2_np.config import config_from_dict
+from rtdetrv2_np.random_weights import random_params
+from rtdetrv2_np.weights import expected_shapes
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "reference"
+STAGE_ATOL = 1e-4
+MEAN_ATOL = 1e-5
+TIE_ATOL = 1e-5
+
+
+def load_case(name):
+    d = FIXTURES / name
+    meta = json.loads((d / "meta.json").read_text())
+    ref = dict(np.load(d / "outputs.npz"))
+    return meta, ref
+
+
+def pixel_values(meta, ref):
+    """The recorded input: stored whole for tiny cases, else rebuilt with the recording's PIL code (README)."""
+    if "pixel_values" in ref:
+        return ref["pixel_values"]
+    H, W = meta["size_hw"]
+    xs = []
+    for p in meta["images"]:
+        img = Image.open(ROOT / p).convert("RGB").resize((W, H), Image.BILINEAR)
+        xs.append((np.asarray(img, np.float32) / np.float32(255)).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(xs))
+
+
+def case_model(name, meta):
+    if (FIXTURES / name / "model.safetensors").exists():
+        return load_model(FIXTURES / name)                         # the file transformers loaded, as on the hub
+    cfg = config_from_dict(meta["config"])
+    return build_model(cfg, random_params(expected_shapes(cfg), meta["seed"], cfg.n_points))
+
+
+def query_permutation(ours, ref, scores):
+    """perm such that ours[b, perm[b]] lines up with the reference's query order; checks the selection.
+
+    The selected index sets must be equal; the order may differ only between near-tied queries (TIE_ATOL), which
+    the decoder does not care about (it is permutation-equivariant over its queries).
+    """
+    perm = np.empty_like(ours)
+    for b in range(ours.shape[0]):
+        assert sorted(ours[b]) == sorted(ref[b]), (
+            f"image {b}: selected query sets differ in {len(set(ours[b]) ^ set(ref[b]))} indices")
+        where = {int(a): i for i, a in enumerate(ours[b])}
+        perm[b] = [where[int(a)] for a in ref[b]]
+        s = scores[b, ref[b]]                                       # our scores in the reference's order
+        worst = float(np.max(s[1:] - s[:-1], initial=-np.inf))     # > 0 where the reference ranks a lower one first
+        assert worst <= TIE_ATOL, f"image {b}: reference order contradicts ours by {worst:.3g} (> {TIE_ATOL})"
+    return perm
+
+
+def reorder(x, perm):
+    """Rows of x [B, Nq, ...] put in the reference's query order."""
+    return np.stack([x[b, perm[b]] for b in range(x.shape[0])])
+
+
+def channel_axis(name, ndim):
+    return 1 if name.startswith(("backbone.", "encoder.")) and ndim == 4 else ndim - 1
+
+
+def compare_stage(name, ours, ref):
+    """Compare a whole recorded array, or a summary (README: @shape, @idx, @val, @mean)."""
+    if name == "valid_mask":
+        assert np.array_equal(ours.reshape(-1), ref[name].reshape(-1)), "valid_mask differs"
+        return
+    if name in ref:
+        assert_close(ours.reshape(ref[name].shape), ref[name], STAGE_ATOL, name)
+        return
+    assert tuple(ours.reshape(tuple(ref[name + "@shape"])).shape) == tuple(ref[name + "@shape"])
+    ours = ours.reshape(tuple(ref[name + "@shape"]))
+    assert_close(ours.reshape(-1)[ref[name + "@idx"]], ref[name + "@val"], STAGE_ATOL, name + " (sampled values)")
+    ax = channel_axis(name, ours.ndim)
+    x = np.moveaxis(ours.astype(np.float64), ax, -1).reshape(-1, ours.shape[ax])
+    ok = np.isfinite(x) & (np.abs(x) < 1e30)                        # the README's exclusion of invalid anchors
+    means = np.where(ok, x, 0).sum(0) / ok.sum(0)
+    assert_close(means, ref[name + "@mean"], MEAN_ATOL, name + " (per-channel means)")
+
+
+QUERY_STAGES = ("target", "reference_boxes", "logits", "pred_boxes")
+
+
+def check_all_stages(name, meta, ref, stages):
+    scores = stages["enc_logits"].max(-1)
+    perm = query_permutation(stages["topk_index"], ref["topk_index"], scores)
+    compared = []
+    for key in sorted({k.split("@")[0] for k in ref}):
+        if key in ("pixel_values", "topk_index") or key.startswith("topk_boundary"):
+            continue
+        ours = stages[key]
+        if key in QUERY_STAGES or key.startswith("decoder."):
+            ours = reorder(ours, perm)
+        compare_stage(key, ours, ref)
+        compared.append(key)
+    last = meta["decoder_layers_run"] - 1                          # full-size cases store the final outputs once,
+    for key, layer_key in (("logits", f"decoder.{last}.logits"), ("pred_boxes", f"decoder.{last}.boxes")):
+        if key not in ref:                                          # as the last decoder layer's
+            compare_stage(layer_key, reorder(stages[key], perm), ref)
+            compared.append(key)
+    return compared
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage by stage: tiny models (whole arrays) and r18vd (summaries)
+# ----------------------------------------------------------------------------------------------------------------
+
+STAGE_CASES = ["tiny_basic", "tiny_basic_discrete", "tiny_bottleneck", "r18vd_640", "r18vd_480x640",
+               "r18vd_640_batch2"]
+
+
+@pytest.mark.parametrize("name", STAGE_CASES)
+def test_every_stage_matches_pytorch(name):
+    meta, ref = load_case(name)
+    model = case_model(name, meta)
+    assert model.method == ("discrete" if meta["method"] == "discrete" else "bilinear")
+    stages = model.trace(pixel_values(meta, ref))
+    compared = check_all_stages(name, meta, ref, stages)
+    n_layers = meta["decoder_layers_run"]
+    expected = {"backbone.0", "backbone.2", "encoder.aifi", "encoder.output.2", "memory", "enc_logits",
+                "target", "logits", "pred_boxes", f"decoder.{n_layers - 1}.sampling_locations"}
+    assert expected <= set(compared), f"not compared: {expected - set(compared)}"
+
+
+def test_r18vd_final_outputs_within_1e4():
+    """The issue's bound, stated on its own: r18vd at 640x640 (bilinear), logits and boxes to 1e-4."""
+    meta, ref = load_case("r18vd_640")
+    out_stages = case_model("r18vd_640", meta).trace(pixel_values(meta, ref))
+    perm = query_permutation(out_stages["topk_index"], ref["topk_index"], out_stages["enc_logits"].max(-1))
+    assert_close(reorder(out_stages["logits"], perm), ref["decoder.2.logits"], 1e-4, "r18vd logits")
+    assert_close(reorder(out_stages["pred_boxes"], perm), ref["decoder.2.boxes"], 1e-4, "r18vd pred_boxes")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Discrete sampling at full size: the texel choice is a step function of the location
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_r18vd_discrete_every_stage_matches_pytorch(monkeypatch):
+    """r18vd 640x640, discrete sampling.
+
+    trunc(loc * size + 0.5) jumps where loc * size + 0.5 crosses an integer, and our locations differ from the
+    reference's by up to ~5e-5 pixel (rounding). The recording lists every coordinate within 1e-4 pixel of such a
+    crossing (meta["discrete_margins"], 9-15 of 57,600 per layer); at those, and only those, we take the
+    reference's side of the crossing, then require the usual agreement everywhere. Every other texel is our own.
+    """
+    meta, ref = load_case("r18vd_640_discrete")
+    model = case_model("r18vd_640_discrete", meta)
+    assert model.method == "discrete"
+    shapes, K_l = meta["spatial_shapes"], model.config.n_points
+    B, Nq, M, K = 1, model.config.num_queries, model.config.decoder_attention_heads, sum(K_l)
+    ties = {m["layer"]: m["within_1e-4"] for m in meta["discrete_margins"]}
+    x = pixel_values(meta, ref)
+    ours_index = model.trace(x)["topk_index"]                      # the selection does not depend on sampling
+    ours_row = {int(a): i for i, a in enumerate(ours_index[0])}
+    ref_to_ours = [ours_row[int(a)] for a in ref["topk_index"][0]]  # reference query q is our query ref_to_ours[q]
+    calls = []                                                      # (layer, level) of each sample_discrete call
+    forced = []
+    real = msda.sample_discrete
+
+    def sample_discrete_with_reference_ties(value_l, loc_l):
+        i = len(calls)
+        layer, level = divmod(i, len(shapes))
+        calls.append((layer, level))
+        H, W = shapes[level]
+        loc_l = loc_l.copy()
+        k0 = sum(K_l[:level])
+        for flat, u_ref in ties.get(layer, []):
+            b, q, m, k, c = np.unravel_index(flat, (B, Nq, M, K, 2))
+            if not k0 <= k < k0 + K_l[level]:
+                continue
+            q = ref_to_ours[q]
+            n, p = b * M + m, q * K_l[level] + (k - k0)
+            side = np.trunc(np.float32(u_ref))                     # the texel index the reference took
+            size = W if c == 0 else H
+            loc_l[n, p, c] = np.float32(side / size)               # u = side + 0.5: unambiguously that texel
+            forced.append((layer, level, flat))
+        return real(value_l, loc_l)
+
+    monkeypatch.setitem(msda.SAMPLERS, "discrete", sample_discrete_with_reference_ties)
+    stages = model.trace(x)
+    assert len(calls) == meta["decoder_layers_run"] * len(shapes)
+    # sampling locations are compared before any forcing (they are computed before sampling)
+    check_all_stages("r18vd_640_discrete", meta, ref, stages)
+    assert len(forced) == sum(len(t) for t in ties.values())
+    print(f"discrete: forced {len(forced)} near-tie coordinates to the reference's texel")
+
+
+def test_discrete_ties_are_the_only_differences():
+    """Without forcing, our texels differ from the reference's only at the listed near-ties."""
+    meta, ref = load_case("r18vd_640_discrete")
+    model = case_model("r18vd_640_discrete", meta)
+    stages = model.trace(pixel_values(meta, ref))
+    perm = query_permutation(stages["topk_index"], ref["topk_index"], stages["enc_logits"].max(-1))
+    for m in meta["discrete_margins"]:
+        loc = reorder(stages[f"decoder.{m['layer']}.sampling_locations"], perm)
+        tied = {int(f) for f, _ in m["within_1e-4"]}
+        summary = f"decoder.{m['layer']}.sampling_locations"
+        idx = ref[summary + "@idx"]
+        H_W = np.array([[w, h] for h, w in meta["spatial_shapes"]], np.float32)          # [L, 2] (x: W, y: H)
+        level = (np.arange(loc.size) // 2 % loc.shape[3]) // model.config.n_points[0]      # per flat coordinate
+        size = H_W[level, np.arange(loc.size) % 2]
+        ours_texel = np.trunc(loc.reshape(-1) * size + np.float32(0.5))
+        ref_texel = np.trunc(ref[summary + "@val"] * size[idx] + np.float32(0.5))
+        differ = {int(i) for i in idx[ours_texel[idx] != ref_texel]}
+        assert differ <= tied, f"layer {m['layer']}: texels differ away from a near-tie at {sorted(differ - tied)}"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The other published variants, end to end
+# ----------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["r34vd_640", "r50vd_m_640", "r50vd_640", "r101vd_640"])
+def test_variant_end_to_end(name):
+    meta, ref = load_case(name)
+    model = case_model(name, meta)
+    stages = model.trace(pixel_values(meta, ref))
+    perm = query_permutation(stages["topk_index"], ref["topk_index"], stages["enc_logits"].max(-1))
+    assert_close(reorder(stages["reference_boxes"], perm), ref["reference_boxes"], STAGE_ATOL, "reference_boxes")
+    last = model.config.num_decoder_layers_used - 1
+    for i in range(last + 1):                                      # every layer's boxes; logits as recorded
+        assert_close(reorder(stages[f"decoder.{i}.boxes"], perm), ref[f"decoder.{i}.boxes"], STAGE_ATOL,
+                     f"decoder.{i}.boxes")
+    # the final outputs are those of layer eval_idx; transformers (the recording) always runs every layer
+    assert_close(reorder(stages["logits"], perm), ref[f"decoder.{last}.logits"], STAGE_ATOL, "logits")
+    assert_close(reorder(stages["pred_boxes"], perm), ref[f"decoder.{last}.boxes"], STAGE_ATOL, "pred_boxes")
+    if name == "r50vd_m_640":
+        assert model.config.decoder_eval_idx == 2 and last == 2
+        assert "decoder.3.boxes" not in stages, "r50vd_m must stop after decoder layer 2 (official eval_idx)"
+        assert not np.allclose(ref["decoder.2.logits"], ref["decoder.5.logits"], atol=1e-3), \
+            "transformers' 6-layer output should differ from the official 3-layer one"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Interface
+# ----------------------------------------------------------------------------------------------------------------
+
+def test_public_interface_types_and_batch_independence():
+    meta, ref = load_case("tiny_basic")
+    model = case_model("tiny_basic", meta)
+    x = pixel_values(meta, ref)
+    out = model(x)
+    assert out.logits.dtype == np.float32 and out.pred_boxes.dtype == np.float32
+    assert out.logits.shape == (2, model.config.num_queries, model.config.num_labels)
+    assert out.pred_boxes.shape == (2, model.config.num_queries, 4)
+    one = model(x[1:])                                             # image 1 alone equals image 1 of the batch
+    assert_close(one.logits[0], out.logits[1], 1e-5, "batch-of-one logits vs batch-of-two (GEMM blocking)")
+    stages = model.trace(x)
+    assert all(v.dtype != np.float64 for v in stages.values()), \
+        [k for k, v in stages.items() if v.dtype == np.float64]
+
+
+def test_method_override():
+    meta, ref = load_case("tiny_basic")
+    disc = load_model(FIXTURES / "tiny_basic", method="discrete")
+    assert disc.method == "discrete" and load_model(FIXTURES / "tiny_basic").method == "bilinear"
+    meta_d, ref_d = load_case("tiny_basic_discrete")               # same weights, recorded with discrete sampling
+    stages = disc.trace(pixel_values(meta_d, ref_d))
+    perm = query_permutation(stages["topk_index"], ref_d["topk_index"], stages["enc_logits"].max(-1))
+    assert_close(reorder(stages["logits"], perm), ref_d["logits"], STAGE_ATOL, "discrete override logits")
+
+
+def test_input_size_must_be_multiple_of_32():
+    meta, ref = load_case("tiny_basic")
+    model = case_model("tiny_basic", meta)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        model(np.zeros((1, 3, 48, 64), np.float32))

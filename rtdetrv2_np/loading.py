@@ -6,7 +6,9 @@ Accepted sources:
     - a model directory laid out as on the Hugging Face hub: config.json + model.safetensors (tensor names as in
       ../shared/reference/hf_keys_r18vd.txt); the architecture is read from config.json;
     - a converted, self-describing .safetensors file whose metadata holds the config.json text under "config"
-      (written by `python -m rtdetrv2_np.convert`).
+      (written by `python -m rtdetrv2_np.convert`);
+    - an official lyuwenyu/RT-DETR .pth checkpoint, converted in memory (convert.load_official: read without torch,
+      names mapped to the hub's; the architecture from a config.json beside it, else inferred from the tensors).
 Every tensor is checked against the architecture: a missing, unexpected or mis-shaped tensor is an RTDetrError
 that names it.
 """
@@ -63,7 +65,8 @@ HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def load_model(source, method=None, revision="main", progress=None):
-    """A Model from a hub id, a hub-layout directory or a converted .safetensors file (see the module docstring).
+    """A Model from a hub id, a hub-layout directory, a converted .safetensors or an official .pth file (see the
+    module docstring).
 
     method: "bilinear" or "discrete" overrides the sampling method of the checkpoint's config; None keeps it.
     revision: branch, tag or commit of a hub id. progress: a callback(done_bytes, total_bytes) for downloads.
@@ -90,6 +93,10 @@ def load_model(source, method=None, revision="main", progress=None):
         else:
             cfg = read_config(os.path.join(os.path.dirname(source) or ".", "config.json"))
         return build_model(cfg, tensors, method, source)
+    if source.endswith(".pth"):
+        from .convert import load_official
+        cfg, tensors, _ = load_official(source, method=method)
+        return build_model(cfg, tensors, method, source)
     if not os.path.exists(source):
         raise RTDetrError(f"{source}: no such file or directory")
-    raise RTDetrError(f"{source}: not a model directory or a .safetensors file")
+    raise RTDetrError(f"{source}: not a model directory, a .safetensors file or an official .pth file")

@@ -1,0 +1,348 @@
+"""Write official-layout RT-DETRv2 checkpoints (torch.save, lyuwenyu/RT-DETR tensor names) for tests/test_convert.py.
+
+Run in the reference environment (torch; tools/README.md), from the repository root:
+
+    /work/venv-ref/bin/python tools/make_official_pth.py [--official-src PATH/TO/RT-DETR/rtdetrv2_pytorch]
+
+What it writes into tests/fixtures/official/ (each file to a temp file, then os.replace):
+    tiny_basic/tiny_basic.pth, tiny_bottleneck/tiny_bottleneck.pth
+        The recorded tiny reference models (tests/fixtures/reference/<case>/model.safetensors, the hub names
+        transformers loaded) renamed to the official names by HF_TO_OFFICIAL below, which is written here from
+        architecture_notes §8.2 independently of rtdetrv2_np/convert.py, so that converting these files back is a
+        real test of the converter and not a round trip through one table. Saved as the official training code
+        saves (src/solver/_solver.py::state_dict): {"date", "last_epoch", "ema": {"module": SD, "updates": 1}}.
+        SD also has what an official state dict has and the hub files do not: int64 `num_batches_tracked` of every
+        non-frozen BatchNorm (the backbone's only in the basic-block model, as r18vd/r34vd use freeze_norm False),
+        the fused `in_proj_weight`/`in_proj_bias`, and the `decoder.anchors` / `decoder.valid_mask` buffers for the
+        recorded input size (official `_generate_anchors` at eval_spatial_size = [H, W], +inf where invalid).
+        In tiny_bottleneck the anchors are put through the official EMA update (src/optim/ema.py ModelEMA.update,
+        decay 0.9999 with the 2000-step warm-up) for EMA_STEPS steps against their own constant value, as happens
+        to every float buffer during training (architecture_notes §9.3), so they drift by float32 rounding and
+        the converter's anchor report has a difference to show.
+    tiny_basic/config.json, tiny_bottleneck/config.json
+        Copies of the reference config.json: the tiny architectures are not published ones, so their shape cannot
+        be inferred; load_model and convert read a config.json beside a .pth.
+    official_keys.json.gz (only with --official-src)
+        {variant: [[official name, shape, dtype], ...]} of the state dicts of the five published architectures,
+        taken from the official model classes themselves (PResNet, HybridEncoder, RTDETRTransformerv2 built as
+        configs/rtdetrv2/*.yml build them); before writing, the tool checks that HF_TO_OFFICIAL applied to
+        rtdetrv2_np.weights.expected_shapes(variant) plus the official-only entries gives exactly these names,
+        shapes and dtypes.
+With --official-src it also runs the official r18vd model (eval mode, anchors from eval_spatial_size) with the
+random weights of the r18vd_640 recording (random_params, seed from its meta.json), renamed by HF_TO_OFFICIAL, on
+the cats image, and prints the largest difference of its logits and boxes from what transformers computed
+(tests/fixtures/reference/r18vd_640/outputs.npz): the renaming preserves the computation, not only the names.
+
+The package and the tests never import this file.
+"""
+
+import argparse
+import datetime
+import gzip
+import importlib
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+import types
+from collections import OrderedDict
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REF = os.path.join(ROOT, "tests", "fixtures", "reference")
+OUT = os.path.join(ROOT, "tests", "fixtures", "official")
+CASES = {"tiny_basic": {"ema_drift": False}, "tiny_bottleneck": {"ema_drift": True}}   # input size: meta.json
+EMA_STEPS = 100_000          # about 14 epochs of COCO at batch 16; the released models ran 120 epochs or more
+
+# hub name (transformers 4.x, as in PekingU/rtdetr_v2_*) -> official name, one regex per row of
+# architecture_notes §8.2 (read right to left). "{qkv}" rows are the q/k/v projections the official code fuses into
+# one in_proj ([q; k; v] by rows). The first matching row wins.
+B = r"model\.backbone\.model\."
+HF_TO_OFFICIAL = [
+    (B + r"embedder\.embedder\.(\d)\.convolution\.weight", "backbone.conv1.conv1_{k}.conv.weight"),
+    (B + r"embedder\.embedder\.(\d)\.normalization\.(\w+)", "backbone.conv1.conv1_{k}.norm.\\2"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d)\.convolution\.weight",
+     "backbone.res_layers.\\1.blocks.\\2.branch2{abc}.conv.weight"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.layer\.(\d)\.normalization\.(\w+)",
+     "backbone.res_layers.\\1.blocks.\\2.branch2{abc}.norm.\\4"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.1\.convolution\.weight",
+     "backbone.res_layers.\\1.blocks.\\2.short.conv.conv.weight"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.1\.normalization\.(\w+)",
+     "backbone.res_layers.\\1.blocks.\\2.short.conv.norm.\\3"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.convolution\.weight",
+     "backbone.res_layers.\\1.blocks.\\2.short.conv.weight"),
+    (B + r"encoder\.stages\.(\d+)\.layers\.(\d+)\.shortcut\.normalization\.(\w+)",
+     "backbone.res_layers.\\1.blocks.\\2.short.norm.\\3"),
+    (r"model\.encoder_input_proj\.(\d+)\.0\.weight", "encoder.input_proj.\\1.conv.weight"),
+    (r"model\.encoder_input_proj\.(\d+)\.1\.(\w+)", "encoder.input_proj.\\1.norm.\\2"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(\w+)",
+     "encoder.encoder.\\1.layers.\\2.self_attn.in_proj_\\3{qkv}"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(\w+)",
+     "encoder.encoder.\\1.layers.\\2.self_attn.out_proj.\\3"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.fc1\.(\w+)", "encoder.encoder.\\1.layers.\\2.linear1.\\3"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.fc2\.(\w+)", "encoder.encoder.\\1.layers.\\2.linear2.\\3"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn_layer_norm\.(\w+)",
+     "encoder.encoder.\\1.layers.\\2.norm1.\\3"),
+    (r"model\.encoder\.encoder\.(\d+)\.layers\.(\d+)\.final_layer_norm\.(\w+)",
+     "encoder.encoder.\\1.layers.\\2.norm2.\\3"),
+    (r"model\.encoder\.(.+)", "encoder.\\1"),                                   # lateral/downsample convs, CSP
+    (r"model\.decoder_input_proj\.(\d+)\.0\.weight", "decoder.input_proj.\\1.conv.weight"),
+    (r"model\.decoder_input_proj\.(\d+)\.1\.(\w+)", "decoder.input_proj.\\1.norm.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.self_attn\.[qkv]_proj\.(\w+)",
+     "decoder.decoder.layers.\\1.self_attn.in_proj_\\2{qkv}"),
+    (r"model\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(\w+)", "decoder.decoder.layers.\\1.self_attn.out_proj.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.encoder_attn\.n_points_scale",
+     "decoder.decoder.layers.\\1.cross_attn.num_points_scale"),
+    (r"model\.decoder\.layers\.(\d+)\.encoder_attn\.(\w+)\.(\w+)", "decoder.decoder.layers.\\1.cross_attn.\\2.\\3"),
+    (r"model\.decoder\.layers\.(\d+)\.self_attn_layer_norm\.(\w+)", "decoder.decoder.layers.\\1.norm1.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.encoder_attn_layer_norm\.(\w+)", "decoder.decoder.layers.\\1.norm2.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.final_layer_norm\.(\w+)", "decoder.decoder.layers.\\1.norm3.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.fc1\.(\w+)", "decoder.decoder.layers.\\1.linear1.\\2"),
+    (r"model\.decoder\.layers\.(\d+)\.fc2\.(\w+)", "decoder.decoder.layers.\\1.linear2.\\2"),
+    (r"model\.decoder\.class_embed\.(\d+)\.(\w+)", "decoder.dec_score_head.\\1.\\2"),
+    (r"model\.decoder\.bbox_embed\.(\d+)\.layers\.(\d+)\.(\w+)", "decoder.dec_bbox_head.\\1.layers.\\2.\\3"),
+    (r"model\.decoder\.query_pos_head\.layers\.(\d+)\.(\w+)", "decoder.query_pos_head.layers.\\1.\\2"),
+    (r"model\.enc_output\.0\.(\w+)", "decoder.enc_output.proj.\\1"),
+    (r"model\.enc_output\.1\.(\w+)", "decoder.enc_output.norm.\\1"),
+    (r"model\.enc_score_head\.(\w+)", "decoder.enc_score_head.\\1"),
+    (r"model\.enc_bbox_head\.layers\.(\d+)\.(\w+)", "decoder.enc_bbox_head.layers.\\1.\\2"),
+    (r"model\.denoising_class_embed\.weight", "decoder.denoising_class_embed.weight"),
+]
+
+
+def official_name(hf):
+    """(official name, part) for a hub name; part is 0/1/2 for q/k/v rows of a fused in_proj, else None."""
+    for pattern, template in HF_TO_OFFICIAL:
+        m = re.fullmatch(pattern, hf)
+        if m is None:
+            continue
+        part = None
+        if "{qkv}" in template:
+            part = "qkv".index(re.search(r"\.([qkv])_proj\.", hf).group(1))
+            template = template.replace("{qkv}", "")
+        name = m.expand(template)
+        if "{k}" in name:                                      # embedder.{0,1,2} -> conv1_{1,2,3}
+            name = name.replace("{k}", str(int(m.group(1)) + 1))
+        if "{abc}" in name:                                    # layer.{0,1,2} -> branch2{a,b,c}
+            name = name.replace("{abc}", "abc"[int(m.group(3))])
+        return name, part
+    raise SystemExit(f"no HF_TO_OFFICIAL row for {hf}")
+
+
+def hf_to_official(tensors, backbone_bn_counters):
+    """{hub name: np array} -> OrderedDict {official name: torch tensor}, q/k/v fused, BN counters added."""
+    out, fused = OrderedDict(), {}
+    for hf, array in tensors.items():
+        name, part = official_name(hf)
+        if part is None:
+            out[name] = torch.from_numpy(np.array(array))
+        else:
+            fused.setdefault(name, [None, None, None])[part] = np.array(array)
+    for name, parts in fused.items():
+        out[name] = torch.from_numpy(np.concatenate(parts, axis=0))   # [3d, ...] rows q; k; v
+    for name in list(out):
+        if name.endswith(".running_var") and (backbone_bn_counters or not name.startswith("backbone.")):
+            out[name[: -len("running_var")] + "num_batches_tracked"] = torch.tensor(1, dtype=torch.int64)
+    return out
+
+
+def official_anchors(size_hw, strides=(8, 16, 32), grid_size=0.05, eps=1e-2):
+    """rtdetrv2_decoder.py RTDETRTransformerv2._generate_anchors at eval_spatial_size, in torch as written there."""
+    eval_h, eval_w = size_hw
+    anchors = []
+    for lvl, s in enumerate(strides):
+        h, w = int(eval_h / s), int(eval_w / s)
+        grid_y, grid_x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        grid_xy = torch.stack([grid_x, grid_y], dim=-1)
+        grid_xy = (grid_xy.unsqueeze(0) + 0.5) / torch.tensor([w, h], dtype=torch.float32)
+        wh = torch.ones_like(grid_xy) * grid_size * (2.0 ** lvl)
+        anchors.append(torch.concat([grid_xy, wh], dim=-1).reshape(-1, h * w, 4))
+    anchors = torch.concat(anchors, dim=1)
+    valid_mask = ((anchors > eps) * (anchors < 1 - eps)).all(-1, keepdim=True)
+    anchors = torch.log(anchors / (1 - anchors))
+    return torch.where(valid_mask, anchors, torch.inf), valid_mask
+
+
+def ema_drift(v, steps, decay=0.9999, warmups=2000):
+    """src/optim/ema.py ModelEMA.update on one constant buffer: v_ema = v_ema * d + (1 - d) * v, in place."""
+    model = v.clone()
+    ema = v.clone()
+    for updates in range(1, steps + 1):
+        d = decay * (1 - math.exp(-updates / warmups))
+        ema *= d
+        ema += (1 - d) * model
+    return ema
+
+
+def atomic_write(path, data):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def saved_bytes(obj, stem):
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, stem + ".pth")
+        torch.save(obj, path)
+        return open(path, "rb").read()
+
+
+def write_tiny(case, spec):
+    cfg = json.load(open(os.path.join(REF, case, "config.json")))
+    tensors = load_file(os.path.join(REF, case, "model.safetensors"))
+    basic = cfg["backbone_config"]["layer_type"] == "basic"
+    sd = hf_to_official(tensors, backbone_bn_counters=basic)
+    anchors, valid = official_anchors(json.load(open(os.path.join(REF, case, "meta.json")))["size_hw"])
+    if spec["ema_drift"]:
+        drifted = ema_drift(anchors, EMA_STEPS)
+        finite = torch.isfinite(anchors)
+        rel = ((drifted - anchors).abs() / anchors.abs().clamp_min(1e-3))[finite].max().item()
+        print(f"{case}: anchors after {EMA_STEPS} EMA steps: max abs drift "
+              f"{(drifted - anchors)[finite].abs().max().item():.3g}, relative {rel:.3g}")
+        anchors = drifted
+    sd["decoder.anchors"] = anchors
+    sd["decoder.valid_mask"] = valid
+    checkpoint = {"date": datetime.datetime(2024, 7, 27).isoformat(), "last_epoch": 0,
+                  "ema": {"module": sd, "updates": 1}}
+    atomic_write(os.path.join(OUT, case, f"{case}.pth"), saved_bytes(checkpoint, case))
+    atomic_write(os.path.join(OUT, case, "config.json"), open(os.path.join(REF, case, "config.json"), "rb").read())
+    print(f"{case}: {len(sd)} official tensors ({len(tensors)} hub tensors) -> "
+          f"{os.path.relpath(os.path.join(OUT, case), ROOT)}")
+
+
+# -- checks against the official model code -----------------------------------------------------------------------
+
+def import_official(src):
+    """PResNet, HybridEncoder, RTDETRTransformerv2, RTDETR from an official rtdetrv2_pytorch checkout, importing only
+    their files (src/__init__.py would import the whole training stack: tensorboard, torchvision, datasets)."""
+    def package(name, path=None):
+        module = types.ModuleType(name)
+        module.__path__ = [path] if path else []
+        sys.modules[name] = module
+        return module
+    package("src", os.path.join(src, "src"))
+    core = package("src.core")
+    core.register = lambda *a, **k: (a[0] if a and callable(a[0]) else (lambda cls: cls))   # workspace registry
+    for sub in ("nn", "nn/backbone", "zoo", "zoo/rtdetr"):
+        package("src." + sub.replace("/", "."), os.path.join(src, "src", sub))
+    if "torchvision" not in sys.modules:                       # box_ops imports box_area (training only)
+        package("torchvision")
+        package("torchvision.ops")
+        sys.modules["torchvision.ops.boxes"] = types.SimpleNamespace(box_area=None)
+    return (importlib.import_module("src.nn.backbone.presnet").PResNet,
+            importlib.import_module("src.zoo.rtdetr.hybrid_encoder").HybridEncoder,
+            importlib.import_module("src.zoo.rtdetr.rtdetrv2_decoder").RTDETRTransformerv2,
+            importlib.import_module("src.zoo.rtdetr.rtdetr").RTDETR)
+
+
+# configs/rtdetrv2/include/rtdetrv2_r50vd.yml overridden by each rtdetrv2_<variant>_*.yml
+OFFICIAL_ARGS = {
+    "r18vd": dict(depth=18, freeze_norm=False, in_channels=[128, 256, 512], expansion=0.5, num_layers=3),
+    "r34vd": dict(depth=34, freeze_norm=False, in_channels=[128, 256, 512], expansion=0.5, num_layers=4),
+    "r50vd_m": dict(depth=50, freeze_norm=True, in_channels=[512, 1024, 2048], expansion=0.5, num_layers=6,
+                    eval_idx=2),
+    "r50vd": dict(depth=50, freeze_norm=True, in_channels=[512, 1024, 2048], expansion=1.0, num_layers=6),
+    "r101vd": dict(depth=101, freeze_norm=True, in_channels=[512, 1024, 2048], expansion=1.0, num_layers=6,
+                   hidden_dim=384, dim_feedforward=2048, feat_channels=[384, 384, 384]),
+}
+
+
+def build_official(classes, variant):
+    PResNet, HybridEncoder, Decoder, RTDETR = classes
+    a = OFFICIAL_ARGS[variant]
+    backbone = PResNet(depth=a["depth"], variant="d", return_idx=[1, 2, 3], num_stages=4, freeze_at=-1,
+                       freeze_norm=a["freeze_norm"], pretrained=False)
+    encoder = HybridEncoder(in_channels=a["in_channels"], feat_strides=[8, 16, 32], hidden_dim=a.get("hidden_dim", 256),
+                            use_encoder_idx=[2], num_encoder_layers=1, nhead=8,
+                            dim_feedforward=a.get("dim_feedforward", 1024), dropout=0.0, enc_act="gelu",
+                            expansion=a["expansion"], depth_mult=1, act="silu", eval_spatial_size=[640, 640],
+                            version="v2")
+    decoder = Decoder(num_classes=80, hidden_dim=256, num_queries=300,
+                      feat_channels=a.get("feat_channels", [256, 256, 256]), feat_strides=[8, 16, 32], num_levels=3,
+                      num_points=[4, 4, 4], nhead=8, num_layers=a["num_layers"], dim_feedforward=1024, dropout=0.0,
+                      num_denoising=100, eval_spatial_size=[640, 640], eval_idx=a.get("eval_idx", -1),
+                      cross_attn_method="default", query_select_method="default")
+    return RTDETR(backbone, encoder, decoder).eval()
+
+
+def check_official(src):
+    from rtdetrv2_np.config import variant_config
+    from rtdetrv2_np.random_weights import random_params
+    from rtdetrv2_np.weights import expected_shapes
+    classes = import_official(src)
+    listing = {}
+    for variant in OFFICIAL_ARGS:
+        model = build_official(classes, variant)
+        theirs = {k: (list(v.shape), str(v.dtype).replace("torch.", "")) for k, v in model.state_dict().items()}
+        cfg = variant_config(variant)
+        ours = hf_to_official({k: np.zeros(s, np.float32) for k, s in expected_shapes(cfg).items()},
+                              backbone_bn_counters=not OFFICIAL_ARGS[variant]["freeze_norm"])
+        ours = {k: (list(v.shape), "int64" if k.endswith("num_batches_tracked") else "float32") for k, v in ours.items()}
+        ours["decoder.anchors"] = ([1, 8400, 4], "float32")
+        ours["decoder.valid_mask"] = ([1, 8400, 1], "bool")
+        if ours != theirs:
+            missing = sorted(set(theirs) - set(ours))[:5]
+            extra = sorted(set(ours) - set(theirs))[:5]
+            shape = [k for k in theirs if k in ours and ours[k] != theirs[k]][:5]
+            raise SystemExit(f"{variant}: HF_TO_OFFICIAL disagrees with the official model: missing {missing}, "
+                             f"extra {extra}, different {shape}")
+        listing[variant] = [[k, *theirs[k]] for k in model.state_dict()]
+        print(f"{variant}: {len(theirs)} official tensors; names, shapes and dtypes equal HF_TO_OFFICIAL's")
+    data = gzip.compress(json.dumps(listing, separators=(",", ":")).encode(), mtime=0)
+    atomic_write(os.path.join(OUT, "official_keys.json.gz"), data)
+
+    # The official r18vd computes what transformers computed on the same weights (renamed by HF_TO_OFFICIAL).
+    meta = json.load(open(os.path.join(REF, "r18vd_640", "meta.json")))
+    cfg = variant_config("r18vd")
+    assert meta["config"]["decoder_layers"] == cfg.decoder_layers
+    tensors = random_params(expected_shapes(cfg), meta["seed"], cfg.n_points)
+    sd = hf_to_official(tensors, backbone_bn_counters=True)
+    model = build_official(classes, "r18vd")
+    sd["decoder.anchors"], sd["decoder.valid_mask"] = official_anchors((640, 640))
+    model.load_state_dict(sd, strict=True)
+    from PIL import Image
+    image = Image.open(os.path.join(ROOT, meta["images"][0])).convert("RGB").resize((640, 640), Image.BILINEAR)
+    x = torch.from_numpy(np.asarray(image, np.float32) / np.float32(255)).permute(2, 0, 1)[None]
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        out = model(x)
+    ref = np.load(os.path.join(REF, "r18vd_640", "outputs.npz"))
+    last = cfg.decoder_layers - 1                  # logits / pred_boxes are stored as the last layer's
+    dl = np.abs(out["pred_logits"].numpy() - ref[f"decoder.{last}.logits"]).max()
+    db = np.abs(out["pred_boxes"].numpy() - ref[f"decoder.{last}.boxes"]).max()
+    print(f"official r18vd vs transformers on the same weights (cats, 640x640): max |logits diff| {dl:.3g}, "
+          f"max |boxes diff| {db:.3g}")
+    if not (dl < 1e-3 and db < 1e-4):
+        raise SystemExit("the official model and transformers disagree: HF_TO_OFFICIAL maps a tensor wrongly")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official-src", help="an official lyuwenyu/RT-DETR rtdetrv2_pytorch folder: also write "
+                                               "official_keys.json.gz and check against the official model code")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    for case, spec in CASES.items():
+        write_tiny(case, spec)
+    if args.official_src:
+        check_official(os.path.abspath(args.official_src))
+    print(f"torch {torch.__version__}; total size of {os.path.relpath(OUT, ROOT)}: "
+          f"{sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(OUT) for f in fs) / 1e6:.2f} MB")
+
+
+if __name__ == "__main__":
+    main()

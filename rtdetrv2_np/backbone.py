@@ -18,15 +18,13 @@ Every convolution has no bias and is followed by eval-mode BatchNorm (frozen sta
 the outputs of the last three stages, strides 8, 16 and 32 (config.out_indices = [2, 3, 4]; stage 1 is not used).
 """
 
-from .nn import avg_pool2d_ceil, batch_norm, conv2d, max_pool2d, relu
+from .nn import activation_, avg_pool2d_ceil, conv_bn, max_pool2d
 
 
 def conv_norm(x, p, stride=1, act=True):
     """RTDetrResNetConvLayer: conv (no bias, padding k//2) -> BatchNorm -> ReLU (or nothing). [B, C_in, H, W] -> [B, C_out, Ho, Wo]."""
-    k = p["convolution"]["weight"].shape[-1]
-    x = conv2d(x, p["convolution"]["weight"], stride=stride, padding=k // 2)   # [B, C_out, Ho, Wo]
-    x = batch_norm(x, p["normalization"])
-    return relu(x) if act else x
+    w = p["convolution"]["weight"]
+    return conv_bn(x, w, p["normalization"], stride, w.shape[-1] // 2, "relu" if act else None)
 
 
 def shortcut_layout(layer_type, stage, c_in, c_out):
@@ -62,7 +60,8 @@ def residual_block(x, p, layer_type, stride, shortcut):
     s = avg_pool2d_ceil(x) if pool else x                   # [B, C_in, H/s, W/s]
     if key is not None:
         s = conv_norm(s, p["shortcut"][1] if key == "shortcut.1" else p["shortcut"], act=False)  # [B, C_out, H/s, W/s]
-    return relu(y + s)
+    y += s
+    return activation_(y, "relu")
 
 
 def backbone(pixel_values, p, cfg):

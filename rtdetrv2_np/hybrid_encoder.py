@@ -21,16 +21,15 @@ The official code (and transformers 4.x) swaps the roles of rows and columns on 
 
 import numpy as np
 
-from .nn import ACTIVATIONS, batch_norm, conv2d, layer_norm, linear, multi_head_attention, upsample_nearest2x
+from .nn import ACTIVATIONS, activation_, conv_bn, layer_norm, linear, multi_head_attention, upsample_nearest2x
 
 f32 = np.float32
 
 
 def conv_norm(x, p, stride=1, act=None):
     """RTDetrV2ConvNormLayer: conv (no bias, padding (k-1)//2) -> BN -> activation. [B, C_in, H, W] -> [B, C_out, Ho, Wo]."""
-    k = p["conv"]["weight"].shape[-1]
-    x = conv2d(x, p["conv"]["weight"], stride=stride, padding=(k - 1) // 2)     # [B, C_out, Ho, Wo]
-    return ACTIVATIONS[act](batch_norm(x, p["norm"]))
+    w = p["conv"]["weight"]
+    return conv_bn(x, w, p["norm"], stride, (w.shape[-1] - 1) // 2, act)         # [B, C_out, Ho, Wo]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -84,7 +83,9 @@ def aifi(x, p, cfg):
 
 def rep_vgg_block(x, p, act):
     """RepVGG block [8] without identity branch: act(BN(conv3x3(x)) + BN(conv1x1(x))). [B, C', H, W] -> same."""
-    return ACTIVATIONS[act](conv_norm(x, p["conv1"]) + conv_norm(x, p["conv2"]))
+    y = conv_norm(x, p["conv1"])                                                  # [B, C', H, W]
+    y += conv_norm(x, p["conv2"])
+    return activation_(y, act)
 
 
 def csp_rep_layer(x, p, act):
@@ -96,8 +97,8 @@ def csp_rep_layer(x, p, act):
     a = conv_norm(x, p["conv1"], act=act)                                         # [B, C', H, W]
     for block in p["bottlenecks"]:
         a = rep_vgg_block(a, block, act)
-    b = conv_norm(x, p["conv2"], act=act)                                         # [B, C', H, W]
-    return conv_norm(a + b, p["conv3"], act=act) if "conv3" in p else a + b       # [B, C, H, W]
+    a += conv_norm(x, p["conv2"], act=act)                                        # [B, C', H, W]
+    return conv_norm(a, p["conv3"], act=act) if "conv3" in p else a               # [B, C, H, W]
 
 
 def ccfm(maps, p, act="silu"):
@@ -134,7 +135,7 @@ def hybrid_encoder(features, p_input_proj, p_encoder, cfg, trace=None):
     """
     maps = []
     for l, (x, proj) in enumerate(zip(features, p_input_proj)):
-        y = batch_norm(conv2d(x, proj[0]["weight"]), proj[1])                     # [B, C, H_l, W_l]
+        y = conv_bn(x, proj[0]["weight"], proj[1])                               # [B, C, H_l, W_l]
         maps.append(y)
         if trace is not None:
             trace[f"encoder.input_proj.{l}"] = y

@@ -24,7 +24,7 @@ from .config import Config
 from .decoder import decoder
 from .errors import RTDetrError
 from .hybrid_encoder import hybrid_encoder
-from .nn import batch_norm, conv2d
+from .nn import conv_bn
 from .query_selection import select_queries
 from .weights import check_and_clean, params_tree
 
@@ -52,7 +52,7 @@ def forward(params, cfg, pixel_values, trace=None):
     enc = hybrid_encoder(feats, m["encoder_input_proj"], m["encoder"], cfg, trace)  # [B, C, H_l, W_l] x L
     levels = []
     for x, proj in zip(enc, m["decoder_input_proj"]):
-        y = batch_norm(conv2d(x, proj[0]["weight"]), proj[1])                       # [B, d, H_l, W_l]
+        y = conv_bn(x, proj[0]["weight"], proj[1], eps=cfg.batch_norm_eps)         # [B, d, H_l, W_l]
         levels.append(y.reshape(B, y.shape[1], -1).transpose(0, 2, 1))             # [B, H_l*W_l, d]
     spatial_shapes = [tuple(x.shape[2:]) for x in enc]
     memory = np.concatenate(levels, axis=1)                                         # [B, Nv, d]

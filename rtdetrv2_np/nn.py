@@ -84,6 +84,36 @@ def batch_norm(x, p, eps=1e-5):
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
+def conv_bn(x, weight, bn, stride=1, padding=0, act=None, eps=1e-5):
+    """Conv2d without bias, then eval-mode BatchNorm2d, then an activation, computed as one convolution.
+
+    x [B, C_in, H, W], weight [C_out, C_in, KH, KW], bn holds weight, bias, running_mean, running_var [C_out]
+    -> [B, C_out, Ho, Wo]. Eval-mode BN is a fixed affine map per output channel, so it folds into the
+    convolution ("BN folding"):
+        BN(conv(x, W)) = conv(x, W * s) + (b - mean * s),   s = w / sqrt(var + eps)
+    which saves two passes over the output. Equal to batch_norm(conv2d(x, W)) up to float32 rounding (~1e-7
+    relative; tests/test_nn.py checks it). The activation ("relu", "silu" or None) is applied in place.
+    """
+    scale = bn["weight"] * (f32(1) / np.sqrt(bn["running_var"] + f32(eps)))      # [C_out]
+    shift = bn["bias"] - bn["running_mean"] * scale                              # [C_out]
+    out = conv2d(x, weight * scale[:, None, None, None], shift, stride, padding)  # [B, C_out, Ho, Wo]
+    return activation_(out, act)
+
+
+def activation_(x, act):
+    """Apply "relu", "silu" or None to x in place (x is an array this package just made) and return it."""
+    if act == "relu":
+        np.maximum(x, f32(0), out=x)
+    elif act == "silu":                                   # x * sigmoid(x) = x / (1 + exp(-x))
+        with np.errstate(over="ignore"):
+            t = np.exp(-x)
+        t += f32(1)
+        np.divide(x, t, out=x)
+    elif act is not None:
+        raise ValueError(f"activation_: unknown activation {act!r}")
+    return x
+
+
 def max_pool2d(x, kernel=3, stride=2, padding=1):
     """torch.nn.functional.max_pool2d with -inf padding. x [B, C, H, W] -> [B, C, Ho, Wo]."""
     B, C, H, W = x.shape

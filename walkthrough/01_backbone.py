@@ -1,0 +1,233 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 01 · The ResNet-vd backbone
+#
+# *Estimated reading time: 25 minutes (running it: under a minute on 2 CPU cores).*
+#
+# **Learning goals.** After this notebook you can
+# 1. compute a convolution as one matrix product (im2col) and check it against a loop over output pixels;
+# 2. fold an eval-mode BatchNorm into a per-channel scale and shift;
+# 3. say what the three "vd" tweaks change in a ResNet (deep stem, average-pool shortcut, stride on the 3×3);
+# 4. run the backbone block by block and get exactly the package's three feature maps, strides 8, 16, 32.
+#
+# **Paper references.**
+# [1] RT-DETR, arXiv 2304.08069, **§4.1** (backbone: ResNet, the last three stages S3, S4, S5 feed the encoder) and
+# **Fig. 2** (left).
+# [5] He et al., *Deep Residual Learning*, arXiv 1512.03385, Eq. 1–2 (y = F(x) + x).
+# [6] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187, **§4.1 and Fig. 2** ("ResNet-B, -C,
+# -D": the tweaks RT-DETR calls "vd").
+#
+# Code: `rtdetrv2_np/backbone.py` (all of it: 88 lines), primitives in `rtdetrv2_np/nn.py`.
+
+# %%
+# %matplotlib inline
+import time
+from pathlib import Path
+
+import numpy as np
+
+import rtdetrv2_np
+from rtdetrv2_np import plotting
+
+T0 = time.time()
+DATA = Path(rtdetrv2_np.__file__).resolve().parents[1] / "tests" / "data"
+model, IS_REAL = plotting.teaching_model()
+NOTE = dict(random_weights=not IS_REAL)
+print("weights:", model.source)
+rng = np.random.default_rng(0)
+
+
+def check(name, mine, package, atol=0.0):
+    """The walkthrough's equality check: print the largest difference, fail if it exceeds atol."""
+    diff = float(np.abs(np.asarray(mine, np.float64) - np.asarray(package, np.float64)).max())
+    print(f"{'OK' if diff <= atol else 'NOT OK'} {name}: max |by hand - package| = {diff:.3g}")
+    assert diff <= atol, name
+
+# %% [markdown]
+# ## 1. A convolution is a matrix product
+#
+# `torch.nn.functional.conv2d` with weight `[C_out, C_in, KH, KW]` computes, for every output pixel,
+# the dot product of the weight with the `C_in × KH × KW` input patch under it. Written as the definition, on a
+# tiny input:
+
+# %%
+x = rng.normal(size=(1, 2, 5, 5)).astype(np.float32)           # [B, C_in, H, W]
+w = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)           # [C_out, C_in, KH, KW]
+stride, pad = 2, 1
+xp = np.pad(x, ((0, 0), (0, 0), (pad, pad), (pad, pad)))        # zero padding
+Ho = (5 + 2 * pad - 3) // stride + 1
+loop = np.zeros((1, 3, Ho, Ho), np.float32)                     # [B, C_out, Ho, Wo]
+for co in range(3):
+    for i in range(Ho):
+        for j in range(Ho):
+            patch = xp[0, :, i * stride:i * stride + 3, j * stride:j * stride + 3]   # [C_in, KH, KW]
+            loop[0, co, i, j] = (patch * w[co]).sum()
+
+# %% [markdown]
+# The loop is too slow for 640×640 images. **im2col** lays every patch out as one column of a matrix
+# `cols [C_in·KH·KW, Ho·Wo]`; then the whole convolution is one BLAS call, `W[C_out, C_in·KH·KW] @ cols`.
+# Row `(c, kh, kw)` of `cols` holds the input pixel that kernel tap `(kh, kw)` of channel `c` sees, at every output
+# position — a strided slice of the padded input:
+
+# %%
+cols = np.stack([xp[0, :, kh:kh + stride * (Ho - 1) + 1:stride, kw:kw + stride * (Ho - 1) + 1:stride]
+                 for kh in range(3) for kw in range(3)], axis=1)            # [C_in, KH*KW, Ho, Wo]
+im2col = (w.reshape(3, -1) @ cols.reshape(2 * 9, Ho * Ho)).reshape(1, 3, Ho, Ho)
+
+from rtdetrv2_np.nn import batch_norm, conv2d, max_pool2d, relu, avg_pool2d_ceil
+
+check("im2col vs loop", im2col, loop, atol=1e-5)
+check("im2col vs nn.conv2d", im2col, conv2d(x, w, stride=2, padding=1), atol=1e-5)
+
+# %% [markdown]
+# (The two differ in the order of the float32 additions, so we allow 1e-5; `nn.conv2d` builds the columns in blocks
+# of output rows to reuse one buffer, otherwise it is this cell.)
+#
+# ## 2. BatchNorm at inference is a scale and a shift
+#
+# Every convolution in the backbone has no bias and is followed by BatchNorm with frozen statistics:
+# `y = (x − mean) / sqrt(var + eps) · γ + β`. At inference that is `x · scale + shift` per channel, with
+# `scale = γ / sqrt(var + 1e-5)` and `shift = β − mean · scale` (eps 1e-5 is PyTorch's default, and the order of
+# operations is `FrozenBatchNorm2d`'s).
+
+# %%
+bb = model.params["model"]["backbone"]["model"]
+stem0 = bb["embedder"]["embedder"][0]                       # the first stem conv: 3 -> 32 channels, stride 2
+bn = stem0["normalization"]
+print({k: v.shape for k, v in bn.items()})
+y = conv2d(rng.random((1, 3, 8, 8), dtype=np.float32), stem0["convolution"]["weight"], stride=2, padding=1)
+scale = bn["weight"] / np.sqrt(bn["running_var"] + np.float32(1e-5))     # [C]
+shift = bn["bias"] - bn["running_mean"] * scale                          # [C]
+check("BN as scale and shift", y * scale[:, None, None] + shift[:, None, None], batch_norm(y, bn), atol=1e-6)
+
+# %% [markdown]
+# (1 ulp apart: the package multiplies by `1 / sqrt(...)` as `FrozenBatchNorm2d` does; we divided.)
+
+# %% [markdown]
+# ## 3. What "vd" changes ([6] §4.1, Fig. 2)
+#
+# A plain ResNet-18 starts with one 7×7 stride-2 convolution, and its down-sampling shortcut is a 1×1 convolution
+# with stride 2 — which simply ignores three of every four input pixels. The "vd" variant changes both:
+#
+# * **deep stem (ResNet-C):** three 3×3 convolutions, 3 → 32 → 32 → 64 channels, the first with stride 2; then a
+#   3×3 max-pool with stride 2. Output stride 4.
+# * **average-pool shortcut (ResNet-D):** where a block halves the resolution, the shortcut first averages 2×2
+#   blocks (`AvgPool2d(2, 2, ceil_mode=True)`), then applies a 1×1 convolution with stride 1. No pixel is skipped.
+# * **stride on the 3×3 (ResNet-B):** in bottleneck blocks (r50, r101) the stride sits on the 3×3 convolution,
+#   not on the first 1×1. (r18 and r34 use *basic* blocks: two 3×3 convolutions.)
+#
+# Let us run the stem by hand on a small input (64×64, so every step is quick), using the package's primitives and
+# the model's weights:
+
+# %%
+x = rng.random((1, 3, 64, 64), dtype=np.float32)                     # [B, 3, H, W], a stand-in image
+
+
+def conv_bn(x, p, stride=1, act=True):
+    """conv (padding k//2, no bias) -> BatchNorm -> ReLU: RTDetrResNetConvLayer."""
+    k = p["convolution"]["weight"].shape[-1]
+    y = batch_norm(conv2d(x, p["convolution"]["weight"], stride=stride, padding=k // 2), p["normalization"])
+    return relu(y) if act else y
+
+
+h = x
+for i, layer in enumerate(bb["embedder"]["embedder"]):               # deep stem: 3x3 s2, 3x3, 3x3
+    h = conv_bn(h, layer, stride=2 if i == 0 else 1)
+    print(f"stem conv {i}: {list(h.shape)}")                         # [B, C_stem, H/2, W/2]
+h = max_pool2d(h, kernel=3, stride=2, padding=1)                     # [B, 64, H/4, W/4]
+print(f"max-pool:    {list(h.shape)}")
+
+# %% [markdown]
+# Now the residual blocks. r18vd has four stages of two *basic* blocks, widths 64, 128, 256, 512. Stage 0 keeps
+# stride 4; the first block of every later stage halves the resolution, and its shortcut is the average pool +
+# 1×1 conv (weights under `shortcut.1`: index 0 of the reference's `Sequential` is the parameter-free pool).
+# A basic block is `y = ReLU(BN(conv3x3(ReLU(BN(conv3x3_stride(x))))) + shortcut(x))` ([5] Eq. 1–2).
+
+# %%
+def basic_block(x, p, stride):
+    y = conv_bn(x, p["layer"][0], stride=stride)                     # [B, C_out, H/s, W/s]
+    y = conv_bn(y, p["layer"][1], act=False)                         # [B, C_out, H/s, W/s]
+    if "shortcut" not in p:                                          # identity shortcut
+        s = x
+    elif stride == 2:                                                # vd: average 2x2, then 1x1 conv stride 1
+        s = conv_bn(avg_pool2d_ceil(x), p["shortcut"][1], act=False)
+    else:                                                            # stage 0, block 0: 1x1 conv (64 -> 64)
+        s = conv_bn(x, p["shortcut"], act=False)
+    return relu(y + s)
+
+
+cfg = model.config
+print("layer_type", cfg.layer_type, "depths", cfg.depths, "widths", cfg.hidden_sizes, "out_indices", cfg.out_indices)
+mine = []
+for s, stage in enumerate(bb["encoder"]["stages"]):
+    for b, block in enumerate(stage["layers"]):
+        h = basic_block(h, block, stride=2 if (s > 0 and b == 0) else 1)
+    print(f"stage {s}: {list(h.shape)}  stride {64 // h.shape[-1]}")
+    if s + 1 in cfg.out_indices:                                     # stages 1, 2, 3 -> S3, S4, S5
+        mine.append(h)
+
+# %% [markdown]
+# The three outputs are S3, S4, S5 of [1] Fig. 2: strides 8, 16 and 32. (Stage 0's stride-4 map is not used by
+# RT-DETR.) Our hand-written blocks against the package's `backbone`:
+
+# %%
+from rtdetrv2_np.backbone import backbone
+
+theirs = backbone(x, bb, cfg)
+for l, (a, b) in enumerate(zip(mine, theirs)):
+    check(f"backbone.{l} {list(b.shape)}", a, b, atol=1e-5)
+
+# %% [markdown]
+# Bit-identical: the same primitives in the same order. Only the shortcut choice in our `basic_block` is simplified
+# (the package's `shortcut_layout` also covers the bottleneck variants, where stage 0's first block widens
+# 64 → 256 channels).
+#
+# ## 4. On the real image
+#
+# One forward pass at 640×640 gives the maps the encoder will read. Each row: the mean over channels, then the
+# three channels with the largest spatial variation (after a ReLU many channels are zero almost everywhere).
+
+# %%
+from rtdetrv2_np.preprocess import load_image, preprocess
+
+image = load_image(DATA / "coco_000000039769.png")
+pixel_values, sizes = preprocess(image)                              # [1, 3, 640, 640]
+stages = model.trace(pixel_values)
+plotting.plot_feature_maps(stages, ["backbone.0", "backbone.1", "backbone.2"],
+                           title="backbone outputs S3, S4, S5 (strides 8, 16, 32)", **NOTE)
+
+# %% [markdown]
+# Even random convolutions respond to edges and colour changes, so the cats' outlines show in S3 whatever the
+# weights; what a channel *means* (fur, couch, remote) needs trained weights. Notice the border artefacts: zero
+# padding makes the outermost pixels different, and they grow with depth.
+#
+# ## Summary
+#
+# * A convolution is `W @ im2col(x)`; BatchNorm at inference is a per-channel scale and shift.
+# * ResNet-vd = ResNet + deep 3×3 stem + average-pool shortcut (+ stride on the 3×3 in bottlenecks) ([6] §4.1).
+# * The backbone hands the encoder three maps, `backbone.0/1/2` = S3, S4, S5, at strides 8, 16, 32
+#   (r18vd: 128, 256, 512 channels; r50vd: 512, 1024, 2048).
+#
+# ## Exercises
+#
+# 1. Replace `avg_pool2d_ceil` in the shortcut by taking every other pixel (`x[:, :, ::2, ::2]`, the plain ResNet
+#    shortcut). How large is the difference at S5? What information does the plain shortcut throw away?
+# 2. Count the parameters of the stem and compare with a single 7×7 convolution 3 → 64.
+# 3. The receptive field: perturb one input pixel of the 64×64 stand-in and find which S5 positions change.
+# 4. Write `bottleneck_block` (1×1 → 3×3 with the stride → 1×1, width C_out/4) and check it against
+#    `rtdetrv2_np.backbone.residual_block` on `random_model("r50vd")` weights.
+
+# %%
+print(f"notebook ran in {time.time() - T0:.1f} s")

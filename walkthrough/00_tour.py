@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -143,13 +145,13 @@ for name, value in stages.items():
 from rtdetrv2_np.backbone import backbone
 from rtdetrv2_np.decoder import decoder
 from rtdetrv2_np.hybrid_encoder import hybrid_encoder
-from rtdetrv2_np.nn import batch_norm, conv2d
+from rtdetrv2_np.nn import conv_bn
 from rtdetrv2_np.query_selection import select_queries
 
 cfg, m = model.config, model.params["model"]
 feats = backbone(pixel_values, m["backbone"]["model"], cfg)                       # [B, C_l, H_l, W_l] x 3
 enc = hybrid_encoder(feats, m["encoder_input_proj"], m["encoder"], cfg)           # [B, C, H_l, W_l] x 3
-levels = [batch_norm(conv2d(x, p[0]["weight"]), p[1]) for x, p in zip(enc, m["decoder_input_proj"])]
+levels = [conv_bn(x, p[0]["weight"], p[1]) for x, p in zip(enc, m["decoder_input_proj"])]   # 1x1 conv + BN
 memory = np.concatenate([y.reshape(*y.shape[:2], -1).transpose(0, 2, 1) for y in levels], axis=1)  # [B, Nv, C]
 spatial_shapes = [y.shape[2:] for y in enc]                                       # [(80, 80), (40, 40), (20, 20)]
 target, ref, _ = select_queries(memory, spatial_shapes, m, cfg.num_queries, cfg.layer_norm_eps)  # [B, Nq, C], [B, Nq, 4]
@@ -161,9 +163,10 @@ for name, mine, theirs in [("logits", logits, out.logits), ("pred_boxes", boxes,
     assert diff <= 1e-4, name
 
 # %% [markdown]
-# The same numbers: the model *is* these seven lines. (Usually identical to the last bit; the BLAS library may
-# round a matrix product differently from one call to the next — its split of the work depends on how many
-# threads are awake — so we allow 1e-4.) The rest of the walkthrough opens each line.
+# The same numbers: the model *is* these seven lines. (Called in the same order, the same functions give the same
+# bits; we allow 1e-4 so that this check survives harmless rewrites of `forward` that only change float32
+# rounding, such as folding a BatchNorm into the convolution before it — notebook 01.) The rest of the
+# walkthrough opens each line.
 #
 # ## Where the work goes
 #

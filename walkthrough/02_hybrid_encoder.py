@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -81,10 +83,10 @@ for l in range(3):
     check(f"encoder.input_proj.{l} {list(P.shape)}", P, stages[f"encoder.input_proj.{l}"], atol=1e-5)
 
 # %% [markdown]
-# Why a tolerance although we call the very same functions? The convolution is a BLAS matrix product, and OpenBLAS
-# may split the work differently from one call to the next (it depends on how many of its threads are awake), which
-# changes the rounding of the float32 sums in the last bit. Differences of ~1e-6 on values of size ~1 are that; a
-# mistake in the formula shows up as differences of size ~1.
+# Why a tolerance? We ran the convolution and then BatchNorm; the package folds the BatchNorm into the convolution
+# (`nn.conv_bn`, notebook 01), which rounds differently in the last float32 bits. Differences of ~1e-6 on values of
+# size ~1 are that; a mistake in the formula shows up as differences of size ~1. The same holds for the RepVGG and
+# CSP checks below.
 
 # %% [markdown]
 # ## 2. The 2-D sine-cosine position embedding
@@ -239,8 +241,8 @@ for l, O in enumerate([O3, O4, O5]):
     check(f"encoder.output.{l} {list(O.shape)}", O, stages[f"encoder.output.{l}"], atol=1e-4)
 
 # %% [markdown]
-# (Usually exactly equal. Our F5 comes from our own AIFI cell, and a last-bit difference there — BLAS rounding, see
-# §1 — would be carried through CCFM's convolutions; hence atol 1e-4 on activations of size ~1.)
+# (Here we called the package's own `conv_norm` and `csp_rep_layer`, so the outputs are identical; the atol of 1e-4
+# on activations of size ~1 only allows for last-bit differences in our F5 being carried through CCFM.)
 #
 # What the encoder did to the maps: AIFI's output at stride 32, and the fused maps at every stride.
 

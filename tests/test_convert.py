@@ -1,8 +1,8 @@
 """rtdetrv2_np.convert: official lyuwenyu/RT-DETR checkpoints -> hub names -> a model that computes what transformers
-computes. No torch: the official-layout checkpoints were written by tools/make_official_pth.py (tests/fixtures/
-official/README in its docstring), whose inverse mapping is written there independently of convert.RULES and was
-checked against the official model code (official_keys.json.gz holds the official model classes' own state-dict
-names, shapes and dtypes of the five published architectures)."""
+computes. No torch: the official-layout checkpoints in tests/fixtures/official/ (its README) were written by
+tools/make_official_pth.py, whose inverse mapping is written there independently of convert.RULES and was checked
+against the official model code (official_keys.json.gz holds the official model classes' own state-dict names,
+shapes and dtypes of the five published architectures)."""
 
 import gzip
 import json

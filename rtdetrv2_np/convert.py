@@ -364,7 +364,14 @@ def load_official(path, variant=None, method=None, config=None):
     else:
         cfg, name, how = infer_config(tensors, variant, method, path)
     report = dict(architecture=how, variant=name, tensors_in=len(state_dict), anchors=compare_anchors(aside))
-    return cfg, check_and_clean(tensors, cfg, path), report
+    try:
+        tensors = check_and_clean(tensors, cfg, path)
+    except RTDetrError as e:
+        if config != beside:
+            raise
+        raise RTDetrError(f"{e} (the architecture was read from {beside}, found beside the file; move it away to "
+                          f"have the architecture inferred from the tensors)") from None
+    return cfg, tensors, report
 
 
 def flatten_params(tree, prefix=""):
@@ -421,7 +428,7 @@ def convert(source, variant=None, method=None, config=None, revision="main", pro
         raise RTDetrError(f"{src}: --variant and --config apply to official .pth files only; a hub model or "
                           f"converted file carries its config")
     model = load_model(src, method=method, revision=revision, progress=progress)
-    return model.config, flatten_params(model.params), dict(architecture="from its config.json", variant=None,
+    return model.config, flatten_params(model.params), dict(architecture="from the checkpoint's config", variant=None,
                                                              tensors_in=None, anchors=None)
 
 

@@ -239,6 +239,14 @@ def test_convert_hub_folder_with_discrete_method_reproduces_the_discrete_recordi
     assert_close(model(ref["pixel_values"]).logits, ref["logits"], OUTPUT_ATOL, "discrete logits")
 
 
+def test_a_foreign_config_beside_the_pth_is_named_in_the_error(tmp_path):
+    shutil.copy(OFFICIAL / "tiny_bottleneck" / "tiny_bottleneck.pth", tmp_path / "ckpt.pth")
+    shutil.copy(OFFICIAL / "tiny_basic" / "config.json", tmp_path / "config.json")
+    with pytest.raises(RTDetrError, match=r"ckpt\.pth: tensor .* has shape .*the architecture was read from .*"
+                                          r"config\.json, found beside the file"):
+        load_model(tmp_path / "ckpt.pth")
+
+
 def test_dsp_file_name_gets_a_note_and_method_is_stored(tmp_path):
     folder = tmp_path / "ckpt"
     folder.mkdir()

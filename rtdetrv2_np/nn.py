@@ -26,7 +26,7 @@ f32 = np.float32
 # Convolution, pooling, resampling (NCHW)
 # ----------------------------------------------------------------------------------------------------------------
 
-IM2COL_BLOCK = 1 << 21   # floats per im2col block (8 MB): big enough for efficient BLAS calls, small enough to
+IM2COL_BLOCK = 1 << 19   # floats per im2col block (2 MB): big enough for efficient BLAS calls, small enough to
                          # reuse one buffer instead of touching fresh pages for a whole [C*KH*KW, Ho*Wo] matrix
 
 

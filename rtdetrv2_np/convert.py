@@ -36,13 +36,13 @@ import json
 import os
 import re
 import sys
-import tempfile
 from dataclasses import replace
 
 import numpy as np
 
 from .config import VARIANTS, variant_config
 from .errors import RTDetrError
+from .fileio import atomic_write
 from .loading import CONFIG_METADATA_KEY, load_model, read_config
 from .postprocess import COCO_NAMES
 from .query_selection import generate_anchors
@@ -394,20 +394,11 @@ def save_converted(path, cfg, tensors):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     metadata = {"format": "pt", CONFIG_METADATA_KEY: json.dumps(cfg.to_hf_dict(), indent=2, sort_keys=True)}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(tensors.items())}
     try:
-        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in sorted(tensors.items())}, tmp,
-                  metadata=metadata)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                  # mkstemp makes the file private; give it the usual mode
-        os.replace(tmp, path)
+        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     except OSError as e:
         raise RTDetrError(f"{path}: cannot write ({e.strerror or e}); check the folder and the free space") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def default_output(source):

@@ -35,13 +35,13 @@ import math
 import os
 import re
 import sys
-import tempfile
 import time
 import warnings
 
 import PIL.Image
 
 from .errors import RTDetrError
+from .fileio import atomic_write
 
 DEFAULT_MODEL = "PekingU/rtdetr_v2_r18vd"
 PROG = "python -m rtdetrv2_np.detect"
@@ -141,29 +141,13 @@ def coco_image_ids(paths):
     return list(range(1, len(paths) + 1)), False
 
 
-def _atomic_write(path, write):
-    """Call write(file) on a temporary file in path's folder, then rename it onto path."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)               # mkstemp's file is private; give it the usual mode
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_annotated(image, detections, id2label, path, threshold):
     """Draw boxes, names and scores on the image (plotting.plot_detections) and write it as PNG, atomically."""
     from .plotting import plot_detections
     panel = min(max(image.width / 100, 4.0), 20.0)          # inches at 100 dpi: about the image's own resolution
     fig = plot_detections(image, detections, id2label=id2label, threshold=threshold, max_detections=100,
                           title=f"{os.path.basename(path)}: {len(detections['scores'])} detections", panel=panel)
-    _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _fmt(x):
@@ -289,7 +273,7 @@ def run(args):
         records = to_coco_results(coco_dets, coco_ids)
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.coco_json)), exist_ok=True)
-            _atomic_write(args.coco_json, lambda f: f.write(json.dumps(records).encode()))
+            atomic_write(args.coco_json, json.dumps(records).encode())
         except OSError as e:
             print(f"error: {args.coco_json}: cannot write ({e.strerror or e})", file=sys.stderr)
             failures.append((args.coco_json, str(e)))

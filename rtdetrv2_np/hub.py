@@ -46,6 +46,7 @@ import uuid
 from http.client import HTTPException
 
 from .errors import RTDetrError
+from .fileio import atomic_write
 
 DEFAULT_ENDPOINT = "https://huggingface.co"          # huggingface_hub constants._HF_DEFAULT_ENDPOINT
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}             # constants.ENV_VARS_TRUE_VALUES
@@ -134,17 +135,6 @@ def _cached_file(folder, revision, filename):
     return path if os.path.exists(path) else None          # exists() follows the symlink: a dangling one is absent
 
 
-def _write_atomically(path, data):
-    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _write_ref(folder, revision, commit):
     """refs/<revision> := commit, as file_download._cache_commit_hash_for_specific_revision (no newline)."""
     if revision == commit:
@@ -152,7 +142,7 @@ def _write_ref(folder, revision, commit):
     path = os.path.join(folder, "refs", *revision.split("/"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     if _read_ref(folder, revision) != commit:
-        _write_atomically(path, commit.encode())
+        atomic_write(path, commit.encode())
 
 
 def _link_pointer(blob, pointer):

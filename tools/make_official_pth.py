@@ -53,6 +53,9 @@ import numpy as np
 import torch
 from safetensors.numpy import load_file
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rtdetrv2_np.fileio import atomic_write  # noqa: E402  (temp file + os.replace)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REF = os.path.join(ROOT, "tests", "fixtures", "reference")
 OUT = os.path.join(ROOT, "tests", "fixtures", "official")
@@ -179,19 +182,6 @@ def ema_drift(v, steps, decay=0.9999, warmups=2000):
     return ema
 
 
-def atomic_write(path, data):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def saved_bytes(obj, stem):

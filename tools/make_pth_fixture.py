@@ -34,6 +34,9 @@ from collections import Counter, OrderedDict
 import numpy as np
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rtdetrv2_np.fileio import atomic_write  # noqa: E402  (temp file + os.replace)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "pth")
 MARKER_DIR = tempfile.gettempdir()
@@ -41,19 +44,6 @@ MARKERS = {"evil_system.pth": os.path.join(MARKER_DIR, "rtdetrv2_np_pth_marker_s
            "evil_eval.pth": os.path.join(MARKER_DIR, "rtdetrv2_np_pth_marker_eval")}
 
 
-def atomic_write(path, data):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def saved(obj, stem):

@@ -18,13 +18,16 @@ Writes tests/fixtures/postprocess/reference.npz (temp file + os.replace). The pa
 import io
 import json
 import os
-import tempfile
+import sys
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import transformers
 from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rtdetrv2_np.fileio import atomic_write  # noqa: E402  (temp file + os.replace)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "postprocess")
@@ -41,20 +44,6 @@ CASES = [
 ]
 
 
-def atomic_write(path, data):
-    """Write bytes to `path` via a temp file in the same folder and os.replace (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def make_inputs():

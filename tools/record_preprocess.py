@@ -25,7 +25,6 @@ import io
 import json
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -35,6 +34,9 @@ import transformers
 from transformers.image_utils import load_image
 from transformers.models.rt_detr.image_processing_pil_rt_detr import RTDetrImageProcessorPil
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rtdetrv2_np.fileio import atomic_write  # noqa: E402  (temp file + os.replace)
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "fixtures", "preprocess")
 INPUTS = os.path.join(OUT, "inputs")
@@ -43,20 +45,6 @@ SMALL_SIZE = (48, 64)            # (height, width) used for the full-array recor
 SMALL_WH = (50, 37)              # generated images are 50 wide, 37 high (odd, non-square)
 
 
-def atomic_write(path, data):
-    """Write bytes to `path` via a temp file in the same folder and os.replace (never half-written)."""
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)                                       # mkstemp makes 0600; use the umask
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def encode(image, fmt, **kw):

@@ -31,6 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
 from .deformable_attention import sample_bilinear, sample_discrete
+from .postprocess import center_to_corners
 
 HUB_ID = "PekingU/rtdetr_v2_r18vd"
 RANDOM_WEIGHTS_NOTE = ("RANDOM WEIGHTS (no trained checkpoint in the cache): boxes, scores and attention here mean "
@@ -127,9 +128,8 @@ def _rgb(image):
 
 
 def _box_xyxy(box, w, h):
-    """(cx, cy, w, h) normalised -> (x1, y1, x2, y2) in pixels of a w x h image."""
-    cx, cy, bw, bh = (float(v) for v in box)
-    return (cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h
+    """(cx, cy, w, h) normalised -> (x1, y1, x2, y2) in pixels of a w x h image (postprocess.center_to_corners)."""
+    return tuple(float(v) for v in center_to_corners(np.asarray(box, np.float32)) * np.array([w, h, w, h]))
 
 
 def _zoom(ax, xs, ys, w, h, margin=0.25, min_size=0.15):

@@ -38,7 +38,7 @@ def write_checkpoint(variant, directory):
     import numpy as np  # noqa: F401
     from safetensors.numpy import save_file
     sys.path.insert(0, ROOT)
-    from rtdetrv2_np.config import variant_config
+    from rtdetrv2_np.model.config import variant_config
     from rtdetrv2_np.random_weights import random_params
     from rtdetrv2_np.weights import expected_shapes
     cfg = variant_config(variant, id2label={i: f"class_{i}" for i in range(80)})

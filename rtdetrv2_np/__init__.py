@@ -6,10 +6,9 @@
     out.logits, out.pred_boxes                  # [B, 300, NC], [B, 300, 4] (cx, cy, w, h, normalised)
 """
 
-from .config import Config, variant_config
 from .errors import RTDetrError
-from .loading import load_model
-from .model import DetectionOutput, Model, build_model, forward
+from .loading import build_model, load_model
+from .model import Config, DetectionOutput, Model, forward, variant_config
 
 __all__ = ["Config", "DetectionOutput", "Model", "RTDetrError", "build_model", "forward", "load_model",
            "variant_config"]

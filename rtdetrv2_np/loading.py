@@ -7,7 +7,7 @@ Accepted sources:
       ../shared/reference/hf_keys_r18vd.txt); the architecture is read from config.json;
     - a converted, self-describing .safetensors file whose metadata holds the config.json text under "config"
       (written by `python -m rtdetrv2_np.convert`);
-    - an official lyuwenyu/RT-DETR .pth checkpoint, converted in memory (convert.load_official: read without torch,
+    - an official lyuwenyu/RT-DETR .pth checkpoint, converted in memory (official.load_official: read without torch,
       names mapped to the hub's; the architecture from a config.json beside it, else inferred from the tensors).
 Every tensor is checked against the architecture: a missing, unexpected or mis-shaped tensor is an RTDetrError
 that names it.
@@ -17,49 +17,11 @@ import json
 import os
 import re
 
-from .config import config_from_dict
+from dataclasses import replace
+
 from .errors import RTDetrError
-from .model import build_model
-
-CONFIG_METADATA_KEY = "config"   # safetensors metadata key holding the config.json text of a converted file
-
-
-def read_safetensors(path):
-    """({name: np.ndarray}, metadata dict) from a .safetensors file; RTDetrError if it is not a valid one."""
-    from safetensors import SafetensorError, safe_open
-    try:
-        with safe_open(path, framework="numpy") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except FileNotFoundError:
-        raise RTDetrError(f"{path}: no such file") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RTDetrError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]}); the file may be "
-                          "truncated or of another format: download or convert it again") from None
-    return tensors, meta
-
-
-def read_config(path):
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise RTDetrError(f"{path}: no such file; a model directory needs config.json next to model.safetensors") \
-            from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RTDetrError(f"{path}: not valid JSON ({e})") from None
-    return parse_config(d, path)
-
-
-def parse_config(d, source):
-    if not isinstance(d, dict) or d.get("model_type") not in (None, "rt_detr_v2", "rt_detr"):
-        kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
-        raise RTDetrError(f"{source}: model_type {kind!r} is not an RT-DETRv2 config")
-    try:
-        return config_from_dict(d)
-    except (TypeError, ValueError) as e:
-        raise RTDetrError(f"{source}: unsupported config ({e})") from None
-
+from .model import Model
+from .weights import CONFIG_METADATA_KEY, check_and_clean, params_tree, parse_config, read_config, read_safetensors
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -94,9 +56,21 @@ def load_model(source, method=None, revision="main", progress=None):
             cfg = read_config(os.path.join(os.path.dirname(source) or ".", "config.json"))
         return build_model(cfg, tensors, method, source)
     if source.endswith(".pth"):
-        from .convert import load_official
+        from .official import load_official
         cfg, tensors, _ = load_official(source, method=method)
         return build_model(cfg, tensors, method, source)
     if not os.path.exists(source):
         raise RTDetrError(f"{source}: no such file or directory")
     raise RTDetrError(f"{source}: not a model directory, a .safetensors file or an official .pth file")
+
+
+def build_model(cfg, tensors, method=None, source="<memory>"):
+    """A Model from a Config and a flat {hub name: array}; checks every tensor (see weights.check_and_clean).
+
+    method: "bilinear" or "discrete" overrides the config's decoder_method; None keeps it.
+    """
+    if method is not None:
+        if method not in ("bilinear", "discrete"):
+            raise RTDetrError(f"method must be 'bilinear' or 'discrete', got {method!r}")
+        cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
+    return Model(cfg, params_tree(check_and_clean(tensors, cfg, source)), source)

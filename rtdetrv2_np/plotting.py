@@ -30,7 +30,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .deformable_attention import sample_bilinear, sample_discrete
+from .model.deformable_attention import sample_bilinear, sample_discrete
 from .postprocess import center_to_corners
 
 HUB_ID = "PekingU/rtdetr_v2_r18vd"

@@ -32,7 +32,7 @@ coco_dataset.py::mscoco_label2category`), used for COCO-format results.
 import numpy as np
 
 from .errors import RTDetrError
-from .nn import sigmoid
+from .model.nn import sigmoid
 
 f32 = np.float32
 

@@ -66,8 +66,8 @@ def random_model(variant="r18vd", seed=0, method=None, **overrides):
 
     It computes exactly what the trained architecture computes, but it finds no objects. 80 classes named as COCO's.
     """
-    from .config import variant_config
-    from .model import build_model
+    from .loading import build_model
+    from .model.config import variant_config
     from .postprocess import COCO_NAMES
     from .weights import expected_shapes
     cfg = variant_config(variant, **{"id2label": dict(enumerate(COCO_NAMES)), **overrides})

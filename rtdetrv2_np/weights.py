@@ -9,10 +9,13 @@ The params tree mirrors the names: "model.decoder.layers.0.fc1.weight" becomes
 params["model"]["decoder"]["layers"][0]["fc1"]["weight"] (numbered parts become list items).
 """
 
+import json
+
 import numpy as np
 
-from .backbone import shortcut_layout
 from .errors import RTDetrError
+from .model.backbone import shortcut_layout
+from .model.config import config_from_dict
 
 
 def expected_shapes(cfg):
@@ -178,3 +181,60 @@ def _listify(node):
             items[int(k)] = v
         return items
     return out
+
+
+def flatten_params(tree, prefix=""):
+    """The inverse of weights.params_tree: nested dicts and lists -> {"a.0.b": array} (None list slots skipped)."""
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree)
+    out = {}
+    for key, value in items:
+        name = f"{prefix}{key}"
+        if isinstance(value, (dict, list)):
+            out.update(flatten_params(value, name + "."))
+        elif value is not None:
+            out[name] = value
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading checkpoint files
+# ---------------------------------------------------------------------------------------------------------------
+
+CONFIG_METADATA_KEY = "config"   # safetensors metadata key holding the config.json text of a converted file
+
+
+def read_safetensors(path):
+    """({name: np.ndarray}, metadata dict) from a .safetensors file; RTDetrError if it is not a valid one."""
+    from safetensors import SafetensorError, safe_open
+    try:
+        with safe_open(path, framework="numpy") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise RTDetrError(f"{path}: no such file") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise RTDetrError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]}); the file may be "
+                          "truncated or of another format: download or convert it again") from None
+    return tensors, meta
+
+
+def read_config(path):
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except FileNotFoundError:
+        raise RTDetrError(f"{path}: no such file; a model directory needs config.json next to model.safetensors") \
+            from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RTDetrError(f"{path}: not valid JSON ({e})") from None
+    return parse_config(d, path)
+
+
+def parse_config(d, source):
+    if not isinstance(d, dict) or d.get("model_type") not in (None, "rt_detr_v2", "rt_detr"):
+        kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
+        raise RTDetrError(f"{source}: model_type {kind!r} is not an RT-DETRv2 config")
+    try:
+        return config_from_dict(d)
+    except (TypeError, ValueError) as e:
+        raise RTDetrError(f"{source}: unsupported config ({e})") from None

@@ -1,6 +1,6 @@
 """rtdetrv2_np.convert: official lyuwenyu/RT-DETR checkpoints -> hub names -> a model that computes what transformers
 computes. No torch: the official-layout checkpoints in tests/fixtures/official/ (its README) were written by
-tools/make_official_pth.py, whose inverse mapping is written there independently of convert.RULES and was checked
+tools/make_official_pth.py, whose inverse mapping is written there independently of official.RULES and was checked
 against the official model code (official_keys.json.gz holds the official model classes' own state-dict names,
 shapes and dtypes of the five published architectures)."""
 
@@ -17,14 +17,13 @@ import pytest
 from helpers import assert_close
 
 from rtdetrv2_np import load_model
-from rtdetrv2_np.config import variant_config
-from rtdetrv2_np.convert import (RULES, compare_anchors, convert, infer_config, official_to_hf, rename_official,
-                                 save_converted)
+from rtdetrv2_np.model.config import variant_config
+from rtdetrv2_np.convert import convert, save_converted
 from rtdetrv2_np.errors import RTDetrError
-from rtdetrv2_np.loading import CONFIG_METADATA_KEY, read_safetensors
+from rtdetrv2_np.official import RULES, compare_anchors, infer_config, official_to_hf, rename_official
 from rtdetrv2_np.postprocess import COCO_NAMES
 from rtdetrv2_np.pth import load_pth
-from rtdetrv2_np.weights import expected_shapes
+from rtdetrv2_np.weights import CONFIG_METADATA_KEY, expected_shapes, read_safetensors
 
 ROOT = Path(__file__).resolve().parents[1]
 OFFICIAL = ROOT / "tests" / "fixtures" / "official"
@@ -160,7 +159,7 @@ def test_official_pth_reproduces_the_recorded_outputs(case):
 def test_official_to_hf_equals_the_hub_tensors():
     sd = load_pth(OFFICIAL / "tiny_bottleneck" / "tiny_bottleneck.pth")
     hub, _ = read_safetensors(REFERENCE / "tiny_bottleneck" / "model.safetensors")
-    from rtdetrv2_np.loading import read_config
+    from rtdetrv2_np.weights import read_config
     cfg = read_config(OFFICIAL / "tiny_bottleneck" / "config.json")
     converted = official_to_hf(sd, cfg, "tiny_bottleneck.pth")
     assert sorted(converted) == sorted(hub)

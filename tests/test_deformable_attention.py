@@ -1,4 +1,4 @@
-"""Tests of rtdetrv2_np.deformable_attention: the vectorized sum against the loop oracle, hand-computable samples
+"""Tests of rtdetrv2_np.model.deformable_attention: the vectorized sum against the loop oracle, hand-computable samples
 that pin grid_sample's and the discrete operator's conventions, sampling locations, parameter layout and dtypes.
 
 The comparison with PyTorch itself (which needs torch) is tools/check_msda_against_torch.py, not a test.
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from helpers import assert_close
-from rtdetrv2_np.deformable_attention import (deformable_attention_core, deformable_attention_core_loop,
+from rtdetrv2_np.model.deformable_attention import (deformable_attention_core, deformable_attention_core_loop,
                                               multiscale_deformable_attention, points_scale, sample_bilinear,
                                               sample_discrete, sampling_locations)
-from rtdetrv2_np.nn import linear, softmax
+from rtdetrv2_np.model.nn import linear, softmax
 
 f32 = np.float32
 METHODS = ["bilinear", "discrete"]

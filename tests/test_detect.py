@@ -22,7 +22,7 @@ from helpers import assert_close
 from PIL import Image
 from safetensors.numpy import save_file
 
-from rtdetrv2_np.config import config_from_dict
+from rtdetrv2_np.model.config import config_from_dict
 from rtdetrv2_np.postprocess import COCO_LABEL_TO_CATEGORY, COCO_NAMES
 from rtdetrv2_np.random_weights import random_params
 from rtdetrv2_np.weights import expected_shapes
@@ -281,7 +281,7 @@ def bad_model(kind, model_dir, tmp_path):
     if kind == "not safetensors":
         (tmp_path / "weights.safetensors").write_text('{"this is": "json"}')
         return tmp_path / "weights.safetensors", "weights.safetensors: not a readable .safetensors file"
-    from rtdetrv2_np.loading import read_safetensors
+    from rtdetrv2_np.weights import read_safetensors
     tensors, _ = read_safetensors(model_dir / "model.safetensors")
     config = (model_dir / "config.json").read_text()
     name = "model.decoder.layers.1.fc2.weight"

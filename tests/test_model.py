@@ -24,9 +24,9 @@ import pytest
 from helpers import assert_close
 from PIL import Image
 
-import rtdetrv2_np.deformable_attention as msda
+import rtdetrv2_np.model.deformable_attention as msda
 from rtdetrv2_np import build_model, load_model
-from rtdetrv2_np.config import config_from_dict
+from rtdetrv2_np.model.config import config_from_dict
 from rtdetrv2_np.random_weights import random_params
 from rtdetrv2_np.weights import expected_shapes
 

@@ -1,4 +1,4 @@
-"""The primitives of rtdetrv2_np.nn against their definitions, written out plainly, and hand-computed values.
+"""The primitives of rtdetrv2_np.model.nn against their definitions, written out plainly, and hand-computed values.
 
 The comparison with PyTorch itself happens through every stage in test_model.py; these tests pin each op's
 semantics (padding, stride, ceil mode, eps, the erf GELU, sigmoid at infinity) on inputs small enough to check by
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from helpers import assert_close
 
-from rtdetrv2_np import nn
+from rtdetrv2_np.model import nn
 
 f32 = np.float32
 rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rtdetrv2_np.errors import RTDetrError
-from rtdetrv2_np.nn import sigmoid
+from rtdetrv2_np.model.nn import sigmoid
 from rtdetrv2_np.postprocess import (COCO_CATEGORY_TO_LABEL, COCO_LABEL_TO_CATEGORY, post_process_object_detection,
                                      to_coco_results)
 

@@ -1,4 +1,4 @@
-"""Compare rtdetrv2_np.deformable_attention with transformers' RT-DETRv2 deformable attention on random inputs.
+"""Compare rtdetrv2_np.model.deformable_attention with transformers' RT-DETRv2 deformable attention on random inputs.
 
 Run with the reference environment (torch + transformers), from anywhere:
     /work/venv-ref/bin/python tools/check_msda_against_torch.py
@@ -22,7 +22,7 @@ from transformers import RTDetrV2Config
 from transformers.models.rt_detr_v2 import modeling_rt_detr_v2 as hf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from rtdetrv2_np.deformable_attention import (deformable_attention_core, multiscale_deformable_attention,  # noqa: E402
+from rtdetrv2_np.model.deformable_attention import (deformable_attention_core, multiscale_deformable_attention,  # noqa: E402
                                               sample_bilinear)
 
 f32 = np.float32

@@ -270,7 +270,7 @@ def build_official(classes, variant):
 
 
 def check_official(src):
-    from rtdetrv2_np.config import variant_config
+    from rtdetrv2_np.model.config import variant_config
     from rtdetrv2_np.random_weights import random_params
     from rtdetrv2_np.weights import expected_shapes
     classes = import_official(src)

@@ -51,7 +51,7 @@ from transformers.models.rt_detr_v2 import modeling_rt_detr_v2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from rtdetrv2_np.config import config_from_dict, variant_config  # noqa: E402
+from rtdetrv2_np.model.config import config_from_dict, variant_config  # noqa: E402
 from rtdetrv2_np.random_weights import random_params  # noqa: E402
 from rtdetrv2_np.weights import expected_shapes  # noqa: E402
 

@@ -44,7 +44,7 @@ from transformers import RTDetrV2Config, RTDetrV2ForObjectDetection
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from rtdetrv2_np.config import config_from_dict  # noqa: E402
+from rtdetrv2_np.model.config import config_from_dict  # noqa: E402
 from rtdetrv2_np.demo.shapes import CLASSES, EVAL_SEED, SIZE, make_scene  # noqa: E402
 
 # The demo architecture, as config.json fields (RTDetrV2Config names). Parameter count: printed at start.

@@ -121,7 +121,7 @@ plotting.plot_detections(image, detections, model.id2label, max_detections=6, **
 #  logits [B, 300, 80], pred_boxes [B, 300, 4]  →  post-processing (notebook 05)
 # ```
 #
-# Shape letters (the glossary in `rtdetrv2_np/nn.py`): B batch, C channels, H_l × W_l the size of level l,
+# Shape letters (the glossary in `rtdetrv2_np/model/nn.py`): B batch, C channels, H_l × W_l the size of level l,
 # L levels (3), M heads (8), D head dim (C/M = 32), K_l sampling points on level l, Nq queries (300),
 # Nv value tokens (Σ H_l·W_l), NC classes (80).
 #
@@ -135,18 +135,18 @@ for name, value in stages.items():
 # %% [markdown]
 # ## The forward pass, composed by hand
 #
-# `rtdetrv2_np/model.py::forward` is one short function that calls the four stages in the order of Fig. 2. Here it
+# `rtdetrv2_np/model/detector.py::forward` is one short function that calls the four stages in the order of Fig. 2. Here it
 # is again, written out from the stage functions. Between the encoder and the query selection sits one step the
 # figure leaves implicit: each encoder map goes through a 1×1 convolution + BatchNorm (`decoder_input_proj`) and is
 # flattened row-major; the three levels are concatenated fine to coarse into the **memory**, the sequence that query
 # selection scores and that the decoder's cross-attention reads.
 
 # %%
-from rtdetrv2_np.backbone import backbone
-from rtdetrv2_np.decoder import decoder
-from rtdetrv2_np.hybrid_encoder import hybrid_encoder
-from rtdetrv2_np.nn import conv_bn
-from rtdetrv2_np.query_selection import select_queries
+from rtdetrv2_np.model.backbone import backbone
+from rtdetrv2_np.model.decoder import decoder
+from rtdetrv2_np.model.hybrid_encoder import hybrid_encoder
+from rtdetrv2_np.model.nn import conv_bn
+from rtdetrv2_np.model.query_selection import select_queries
 
 cfg, m = model.config, model.params["model"]
 feats = backbone(pixel_values, m["backbone"]["model"], cfg)                       # [B, C_l, H_l, W_l] x 3

@@ -31,7 +31,7 @@
 # [6] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187, **§4.1 and Fig. 2** ("ResNet-B, -C,
 # -D": the tweaks RT-DETR calls "vd").
 #
-# Code: `rtdetrv2_np/backbone.py` (all of it: 88 lines), primitives in `rtdetrv2_np/nn.py`.
+# Code: `rtdetrv2_np/model/backbone.py` (all of it: 88 lines), primitives in `rtdetrv2_np/model/nn.py`.
 
 # %%
 # %matplotlib inline
@@ -88,7 +88,7 @@ cols = np.stack([xp[0, :, kh:kh + stride * (Ho - 1) + 1:stride, kw:kw + stride *
                  for kh in range(3) for kw in range(3)], axis=1)            # [C_in, KH*KW, Ho, Wo]
 im2col = (w.reshape(3, -1) @ cols.reshape(2 * 9, Ho * Ho)).reshape(1, 3, Ho, Ho)
 
-from rtdetrv2_np.nn import batch_norm, conv2d, max_pool2d, relu, avg_pool2d_ceil
+from rtdetrv2_np.model.nn import batch_norm, conv2d, max_pool2d, relu, avg_pool2d_ceil
 
 check("im2col vs loop", im2col, loop, atol=1e-5)
 check("im2col vs nn.conv2d", im2col, conv2d(x, w, stride=2, padding=1), atol=1e-5)
@@ -122,7 +122,7 @@ check("BN as scale and shift", y * scale[:, None, None] + shift[:, None, None], 
 # the output instead of three; the float32 rounding differs in the last bits.
 
 # %%
-from rtdetrv2_np.nn import conv_bn
+from rtdetrv2_np.model.nn import conv_bn
 
 w0 = stem0["convolution"]["weight"]                                      # [C_out, C_in, KH, KW]
 x8 = rng.random((1, 3, 8, 8), dtype=np.float32)
@@ -199,7 +199,7 @@ for s, stage in enumerate(bb["encoder"]["stages"]):
 # RT-DETR.) Our hand-written blocks against the package's `backbone`:
 
 # %%
-from rtdetrv2_np.backbone import backbone
+from rtdetrv2_np.model.backbone import backbone
 
 theirs = backbone(x, bb, cfg)
 for l, (a, b) in enumerate(zip(mine, theirs)):
@@ -245,7 +245,7 @@ plotting.plot_feature_maps(stages, ["backbone.0", "backbone.1", "backbone.2"],
 # 2. Count the parameters of the stem and compare with a single 7×7 convolution 3 → 64.
 # 3. The receptive field: perturb one input pixel of the 64×64 stand-in and find which S5 positions change.
 # 4. Write `bottleneck_block` (1×1 → 3×3 with the stride → 1×1, width C_out/4) and check it against
-#    `rtdetrv2_np.backbone.residual_block` on `random_model("r50vd")` weights.
+#    `rtdetrv2_np.model.backbone.residual_block` on `random_model("r50vd")` weights.
 
 # %%
 print(f"notebook ran in {time.time() - T0:.1f} s")

@@ -31,7 +31,7 @@
 # fusion block). [7] Vaswani et al., arXiv 1706.03762, §3.1 (encoder layer), §3.5 (sinusoidal positions).
 # [8] Ding et al., *RepVGG*, arXiv 2101.03697.
 #
-# Code: `rtdetrv2_np/hybrid_encoder.py`.
+# Code: `rtdetrv2_np/model/hybrid_encoder.py`.
 
 # %%
 # %matplotlib inline
@@ -75,7 +75,7 @@ enc = m["encoder"]
 # encoder width C = 256 (`encoder_input_proj.{l}`): P3, P4, P5. These are `encoder.input_proj.{l}` in the trace.
 
 # %%
-from rtdetrv2_np.nn import batch_norm, conv2d
+from rtdetrv2_np.model.nn import batch_norm, conv2d
 
 for l in range(3):
     p = m["encoder_input_proj"][l]
@@ -97,7 +97,7 @@ for l in range(3):
 # on a tiny 2 × 3 map with C = 8:
 
 # %%
-from rtdetrv2_np.hybrid_encoder import sincos_position_embedding
+from rtdetrv2_np.model.hybrid_encoder import sincos_position_embedding
 
 H, W, C = 2, 3, 8
 omega = 1.0 / 10000 ** (np.arange(C // 4) / (C // 4))               # [C/4]: 1, 0.01
@@ -141,7 +141,7 @@ fig
 # (Fig. 3, variant D vs E). By hand, with 8 heads of D = 32:
 
 # %%
-from rtdetrv2_np.nn import gelu, layer_norm, linear, softmax
+from rtdetrv2_np.model.nn import gelu, layer_norm, linear, softmax
 
 p = enc["encoder"][0]["layers"][0]                                    # the one AIFI layer
 P5 = stages["encoder.input_proj.2"]                                   # [B, C, H, W]
@@ -189,8 +189,8 @@ fig
 # a small input:
 
 # %%
-from rtdetrv2_np.hybrid_encoder import conv_norm, csp_rep_layer, rep_vgg_block
-from rtdetrv2_np.nn import silu
+from rtdetrv2_np.model.hybrid_encoder import conv_norm, csp_rep_layer, rep_vgg_block
+from rtdetrv2_np.model.nn import silu
 
 blk = enc["fpn_blocks"][0]
 print("hidden_expansion", cfg.hidden_expansion, "| C' =", blk["conv1"]["conv"]["weight"].shape[0],
@@ -225,7 +225,7 @@ check("CSP layer", bn_conv(a_ + b_, blk["conv3"], act=True), csp_rep_layer(xs, b
 #   level, fusion block → O4; the same again → O5.
 
 # %%
-from rtdetrv2_np.nn import upsample_nearest2x
+from rtdetrv2_np.model.nn import upsample_nearest2x
 
 act = cfg.activation_function                                          # "silu"
 P3, P4 = stages["encoder.input_proj.0"], stages["encoder.input_proj.1"]

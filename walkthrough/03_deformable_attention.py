@@ -38,7 +38,7 @@
 # PyTorch `grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False)`, the operator the bilinear path
 # reproduces.
 #
-# Code: `rtdetrv2_np/deformable_attention.py` — `sample_bilinear`, `sample_discrete`, `sampling_locations`,
+# Code: `rtdetrv2_np/model/deformable_attention.py` — `sample_bilinear`, `sample_discrete`, `sampling_locations`,
 # `deformable_attention_core` (vectorized), `deformable_attention_core_loop` (the scalar definition),
 # `multiscale_deformable_attention` (the module).
 
@@ -51,7 +51,7 @@ import numpy as np
 
 import rtdetrv2_np
 from rtdetrv2_np import plotting
-from rtdetrv2_np.deformable_attention import (deformable_attention_core, deformable_attention_core_loop,
+from rtdetrv2_np.model.deformable_attention import (deformable_attention_core, deformable_attention_core_loop,
                                               multiscale_deformable_attention, sample_bilinear, sample_discrete,
                                               sampling_locations)
 
@@ -290,7 +290,7 @@ print("bilinear at the same points:", sample_bilinear(value[None, :, :, None], p
 # %%
 from dataclasses import replace
 
-from rtdetrv2_np.decoder import decoder
+from rtdetrv2_np.model.decoder import decoder
 from rtdetrv2_np.preprocess import load_image, preprocess
 
 image = load_image(DATA / "coco_000000039769.png")
@@ -316,7 +316,7 @@ print(f"bilinear -> discrete: box corners move by a median {np.median(shift):.1f
 # `decoder.0.attention_weights`).
 
 # %%
-from rtdetrv2_np.nn import layer_norm, linear, mlp, multi_head_attention, softmax
+from rtdetrv2_np.model.nn import layer_norm, linear, mlp, multi_head_attention, softmax
 
 dec = m["decoder"]
 layer = dec["layers"][0]

@@ -31,7 +31,7 @@
 # **App. A.4** (two-stage: every encoder position is a proposal relative to an anchor of size 0.05·2^l; iterative
 # bounding-box refinement `b_d = σ(Δ_d + σ⁻¹(b_{d−1}))`).
 #
-# Code: `rtdetrv2_np/query_selection.py`, `rtdetrv2_np/decoder.py`.
+# Code: `rtdetrv2_np/model/query_selection.py`, `rtdetrv2_np/model/decoder.py`.
 
 # %%
 # %matplotlib inline
@@ -68,7 +68,7 @@ def check(name, mine, package, atol=0.0):
 # (1, 1, 1, 1) box) and see zeroed memory. By hand on a small set of levels (all valid; the invalid ones follow):
 
 # %%
-from rtdetrv2_np.query_selection import generate_anchors
+from rtdetrv2_np.model.query_selection import generate_anchors
 
 shapes = [(4, 4), (2, 2), (1, 1)]
 boxes, valid = [], []
@@ -110,7 +110,7 @@ print(f"{(~valid).sum()} of {valid.size} positions invalid:",
 # forward pass and redo the selection:
 
 # %%
-from rtdetrv2_np.nn import layer_norm, linear, mlp, sigmoid
+from rtdetrv2_np.model.nn import layer_norm, linear, mlp, sigmoid
 from rtdetrv2_np.preprocess import load_image, preprocess
 
 image = load_image(DATA / "coco_000000039769.png")
@@ -161,8 +161,8 @@ plotting.plot_query_selection(stages, spatial_shapes, image=pixel_values, **NOTE
 # them should claim it.
 
 # %%
-from rtdetrv2_np.deformable_attention import multiscale_deformable_attention
-from rtdetrv2_np.nn import inverse_sigmoid, multi_head_attention, relu
+from rtdetrv2_np.model.deformable_attention import multiscale_deformable_attention
+from rtdetrv2_np.model.nn import inverse_sigmoid, multi_head_attention, relu
 
 dec = m["decoder"]
 x, b = stages["target"], stages["reference_boxes"]                    # [B, Nq, C], [B, Nq, 4]

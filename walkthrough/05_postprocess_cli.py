@@ -147,7 +147,7 @@ import tempfile
 
 from safetensors.numpy import save_file
 
-from rtdetrv2_np.convert import flatten_params
+from rtdetrv2_np.weights import flatten_params
 
 if importlib.util.find_spec("rtdetrv2_np.detect") is None:
     print("rtdetrv2_np.detect is not in this copy of the package; the command above is what it will run")

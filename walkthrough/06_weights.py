@@ -118,7 +118,7 @@ print(type(tree["model"]["enc_output"]), len(tree["model"]["enc_output"]))
 # ## 3. Save a model in the hub layout and load it back
 #
 # We write this notebook's model as a hub folder — `config.json` from `Config.to_hf_dict()`, the tensors with
-# `safetensors.numpy.save_file` under their hub names (`convert.flatten_params` is the inverse of `params_tree`) —
+# `safetensors.numpy.save_file` under their hub names (`weights.flatten_params` is the inverse of `params_tree`) —
 # and read it back with `load_model`. `load_model` checks every tensor against `expected_shapes` of the config: a
 # missing, extra or mis-shaped tensor is an `RTDetrError` naming it.
 
@@ -130,7 +130,7 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from rtdetrv2_np import RTDetrError, load_model
-from rtdetrv2_np.convert import flatten_params
+from rtdetrv2_np.weights import flatten_params
 
 tmp = tempfile.TemporaryDirectory()
 folder = Path(tmp.name) / "my_model"
@@ -226,7 +226,7 @@ for n in list(renamed)[:2] + [n for n in renamed if "decoder.layers.0" in n][:3]
 # few official names — note how the fused attention input projection is split into three:
 
 # %%
-from rtdetrv2_np.convert import RULES, rename_official
+from rtdetrv2_np.official import RULES, rename_official
 
 C = 4
 official = {
@@ -251,8 +251,8 @@ print(f"({len(RULES)} rules in the table; num_batches_tracked was dropped)")
 # `load_model` reads a `.pth` directly (the config.json beside it gives the architecture):
 
 # %%
-from rtdetrv2_np.convert import load_official
-from rtdetrv2_np.loading import read_safetensors
+from rtdetrv2_np.official import load_official
+from rtdetrv2_np.weights import read_safetensors
 from rtdetrv2_np.pth import load_pth
 
 pth = REPO / "tests" / "fixtures" / "official" / "tiny_basic" / "tiny_basic.pth"

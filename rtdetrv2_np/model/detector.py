@@ -15,24 +15,22 @@ denoising queries, the RepVGG re-parameterisation of the deploy/ONNX export (equ
     stages = model.trace(pixel_values)               # every intermediate, by name (see `forward`)
 """
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 
 from .backbone import backbone
 from .config import Config
 from .decoder import decoder
-from .errors import RTDetrError
 from .hybrid_encoder import hybrid_encoder
 from .nn import conv_bn
 from .query_selection import select_queries
-from .weights import check_and_clean, params_tree
 
 
 def forward(params, cfg, pixel_values, trace=None):
     """The whole detector. pixel_values float32 [B, 3, H, W] -> (logits [B, Nq, NC], boxes [B, Nq, 4]).
 
-    params: the params tree (weights.params_tree of the hub-named tensors). If `trace` is a dict, every stage's
+    params: the params tree (rtdetrv2_np.weights.params_tree of the hub-named tensors). If `trace` is a dict, every stage's
     output is stored in it by name:
         backbone.{l}                [B, C_l, H_l, W_l]   ResNet-vd maps, strides 8, 16, 32
         encoder.input_proj.{l}      [B, C, H_l, W_l]     1x1 projections
@@ -104,15 +102,3 @@ def _check_pixels(x):
     if x.dtype != np.float32:
         raise ValueError(f"pixel_values must be float32, got {x.dtype}")
     return x
-
-
-def build_model(cfg, tensors, method=None, source="<memory>"):
-    """A Model from a Config and a flat {hub name: array}; checks every tensor (see weights.check_and_clean).
-
-    method: "bilinear" or "discrete" overrides the config's decoder_method; None keeps it.
-    """
-    if method is not None:
-        if method not in ("bilinear", "discrete"):
-            raise RTDetrError(f"method must be 'bilinear' or 'discrete', got {method!r}")
-        cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
-    return Model(cfg, params_tree(check_and_clean(tensors, cfg, source)), source)

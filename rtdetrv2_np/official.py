@@ -1,0 +1,359 @@
+"""Official lyuwenyu/RT-DETR checkpoints to the Hugging Face hub's tensor names, without torch.
+
+An official `.pth` (read by pth.load_pth: `ema.module`, else `model`) holds the tensors of the official model
+([4] rtdetrv2_pytorch/src/nn/backbone/presnet.py, src/zoo/rtdetr/hybrid_encoder.py, rtdetrv2_decoder.py) under
+its own names. The explicit rule table RULES maps each onto the hub name transformers uses (the same renaming as
+transformers' convert_rt_detr_v2_weights_to_hf.py); `infer_config` reads the architecture off the tensors' shapes
+when no config.json is given; `load_official` does both and checks the result (weights.check_and_clean).
+
+Decisions, and where the official model and transformers differ:
+    * decoder.anchors / decoder.valid_mask: the official model loads them from the checkpoint (persistent
+      buffers, [orig] rtdetrv2_decoder.py `_generate_anchors` at eval_spatial_size); transformers and this package
+      recompute them from the input size. All releases were trained with an EMA of every float entry of the state
+      dict, buffers included, which lets such constants drift by float32 rounding (architecture_notes §9.3). We
+      RECOMPUTE, so that a converted model computes what transformers computes, and the converter prints how far
+      the checkpoint's anchors are from the recomputed ones (`compare_anchors`) for information.
+    * r50vd_m: the official config stops the decoder after layer 2 of 6 (eval_idx 2); the converted config keeps
+      that as decoder_eval_idx = 2 (transformers has no such field and would run all six; see decoder.py).
+    * *_dsp checkpoints hold the same tensors as the grid-sampling ones; only the config says "discrete". A .pth
+      has no config, so the method is --method (default bilinear), stored as the config's decoder_method.
+    * Labels: 80 classes get the hub configs' names (postprocess.COCO_NAMES), other counts LABEL_0, LABEL_1, ...
+    * num_batches_tracked counters are dropped (eval-mode BatchNorm does not use them).
+"""
+
+import os
+import re
+from dataclasses import replace
+
+import numpy as np
+
+from .errors import RTDetrError
+from .model.config import VARIANTS, variant_config
+from .model.query_selection import generate_anchors
+from .postprocess import COCO_NAMES
+from .weights import check_and_clean, read_config
+
+# ---------------------------------------------------------------------------------------------------------------
+# The official -> hub name rules
+# ---------------------------------------------------------------------------------------------------------------
+# Each rule: (regular expression matched against the whole official name, hub name template with \1, \2 ... for
+# the groups, action). Actions: RENAME (one tensor), SPLIT_QKV (the fused nn.MultiheadAttention in_proj [3d, ...]
+# split by rows into q_proj, k_proj, v_proj: rows [0:d], [d:2d], [2d:3d]; the template holds "{qkv}"), DROP (not
+# needed for inference), ASIDE (decoder.anchors / valid_mask: compared, not kept). The first matching rule wins.
+# Sources: [orig] lyuwenyu/RT-DETR rtdetrv2_pytorch/src (presnet.py, hybrid_encoder.py, rtdetrv2_decoder.py);
+# hub names: transformers 4.x RTDetrV2ForObjectDetection as saved in PekingU/rtdetr_v2_* (weights.expected_shapes).
+RENAME, SPLIT_QKV, DROP, ASIDE = "rename", "split_qkv", "drop", "aside"
+BB = "model.backbone.model"
+RULES = [
+    # BatchNorm step counters (nn.BatchNorm2d of r18/r34's backbone and of the encoder/decoder projections).
+    (r"(.+)\.num_batches_tracked", None, DROP),
+    # Anchors and their validity mask, persistent buffers of the official decoder; recomputed here (module doc).
+    (r"decoder\.(anchors|valid_mask)", None, ASIDE),
+
+    # --- Backbone: PResNet variant d ([orig] presnet.py) -> RTDetrResNetBackbone. ConvNormLayer(conv, norm) becomes
+    # RTDetrResNetConvLayer(convolution, normalization) throughout.
+    # Deep stem conv1_1, conv1_2, conv1_3 -> embedder.0, 1, 2.
+    (r"backbone\.conv1\.conv1_1\.conv\.weight", BB + r".embedder.embedder.0.convolution.weight", RENAME),
+    (r"backbone\.conv1\.conv1_1\.norm\.(\w+)", BB + r".embedder.embedder.0.normalization.\1", RENAME),
+    (r"backbone\.conv1\.conv1_2\.conv\.weight", BB + r".embedder.embedder.1.convolution.weight", RENAME),
+    (r"backbone\.conv1\.conv1_2\.norm\.(\w+)", BB + r".embedder.embedder.1.normalization.\1", RENAME),
+    (r"backbone\.conv1\.conv1_3\.conv\.weight", BB + r".embedder.embedder.2.convolution.weight", RENAME),
+    (r"backbone\.conv1\.conv1_3\.norm\.(\w+)", BB + r".embedder.embedder.2.normalization.\1", RENAME),
+    # Residual branch convs branch2a, branch2b (, branch2c for bottlenecks) -> layer.0, 1 (, 2).
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2a\.conv\.weight",
+     BB + r".encoder.stages.\1.layers.\2.layer.0.convolution.weight", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2a\.norm\.(\w+)",
+     BB + r".encoder.stages.\1.layers.\2.layer.0.normalization.\3", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2b\.conv\.weight",
+     BB + r".encoder.stages.\1.layers.\2.layer.1.convolution.weight", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2b\.norm\.(\w+)",
+     BB + r".encoder.stages.\1.layers.\2.layer.1.normalization.\3", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2c\.conv\.weight",
+     BB + r".encoder.stages.\1.layers.\2.layer.2.convolution.weight", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.branch2c\.norm\.(\w+)",
+     BB + r".encoder.stages.\1.layers.\2.layer.2.normalization.\3", RENAME),
+    # Stride-2 shortcut Sequential(pool=AvgPool2d, conv=ConvNormLayer): "short.conv.conv" -> "shortcut.1" (index 0
+    # of transformers' Sequential is the parameter-free AvgPool2d). Must come before the stride-1 rule below.
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.short\.conv\.conv\.weight",
+     BB + r".encoder.stages.\1.layers.\2.shortcut.1.convolution.weight", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.short\.conv\.norm\.(\w+)",
+     BB + r".encoder.stages.\1.layers.\2.shortcut.1.normalization.\3", RENAME),
+    # Stride-1 shortcut (block 0 of stage 0): a plain ConvNormLayer "short" -> "shortcut".
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.short\.conv\.weight",
+     BB + r".encoder.stages.\1.layers.\2.shortcut.convolution.weight", RENAME),
+    (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.short\.norm\.(\w+)",
+     BB + r".encoder.stages.\1.layers.\2.shortcut.normalization.\3", RENAME),
+
+    # --- Hybrid encoder ([orig] hybrid_encoder.py) -> RTDetrV2HybridEncoder.
+    # Input projections Sequential(conv, norm) -> model.encoder_input_proj.{i}.{0, 1} (moved out of the encoder).
+    (r"encoder\.input_proj\.(\d+)\.conv\.weight", r"model.encoder_input_proj.\1.0.weight", RENAME),
+    (r"encoder\.input_proj\.(\d+)\.norm\.(\w+)", r"model.encoder_input_proj.\1.1.\2", RENAME),
+    # AIFI: nn.MultiheadAttention's fused in_proj -> q/k/v projections; out_proj keeps its name.
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)",
+     r"model.encoder.encoder.\1.layers.\2.self_attn.{qkv}_proj.\3", SPLIT_QKV),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+     r"model.encoder.encoder.\1.layers.\2.self_attn.out_proj.\3", RENAME),
+    # AIFI feed-forward linear1/linear2 -> fc1/fc2; post-norms norm1 (after attention), norm2 (after the FFN).
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear1\.(weight|bias)", r"model.encoder.encoder.\1.layers.\2.fc1.\3",
+     RENAME),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.linear2\.(weight|bias)", r"model.encoder.encoder.\1.layers.\2.fc2.\3",
+     RENAME),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm1\.(weight|bias)",
+     r"model.encoder.encoder.\1.layers.\2.self_attn_layer_norm.\3", RENAME),
+    (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.norm2\.(weight|bias)",
+     r"model.encoder.encoder.\1.layers.\2.final_layer_norm.\3", RENAME),
+    # CCFM: lateral/downsample ConvNormLayers and the CSPRepLayers keep every sub-name (conv, norm, conv1..3,
+    # bottlenecks.{j}.conv1/conv2).
+    (r"encoder\.((?:lateral_convs|downsample_convs|fpn_blocks|pan_blocks)\.[\w.]+)", r"model.encoder.\1", RENAME),
+
+    # --- Decoder ([orig] rtdetrv2_decoder.py RTDETRTransformerv2) -> RTDetrV2Model / RTDetrV2Decoder.
+    # Input projections Sequential(conv, norm) -> model.decoder_input_proj.{i}.{0, 1}.
+    (r"decoder\.input_proj\.(\d+)\.conv\.weight", r"model.decoder_input_proj.\1.0.weight", RENAME),
+    (r"decoder\.input_proj\.(\d+)\.norm\.(\w+)", r"model.decoder_input_proj.\1.1.\2", RENAME),
+    # Query selection heads: enc_output Sequential(proj, norm) -> enc_output.{0, 1}; score and box heads move up.
+    (r"decoder\.enc_output\.proj\.(weight|bias)", r"model.enc_output.0.\1", RENAME),
+    (r"decoder\.enc_output\.norm\.(weight|bias)", r"model.enc_output.1.\1", RENAME),
+    (r"decoder\.enc_score_head\.(weight|bias)", r"model.enc_score_head.\1", RENAME),
+    (r"decoder\.enc_bbox_head\.layers\.(\d+)\.(weight|bias)", r"model.enc_bbox_head.layers.\1.\2", RENAME),
+    # Learned content queries (learn_query_content=True; no published model uses them).
+    (r"decoder\.tgt_embed\.weight", r"model.weight_embedding.weight", RENAME),
+    # Denoising label embedding: training only, but the hub files carry it.
+    (r"decoder\.denoising_class_embed\.weight", r"model.denoising_class_embed.weight", RENAME),
+    # Query position MLP 4 -> 2d -> d.
+    (r"decoder\.query_pos_head\.layers\.(\d+)\.(weight|bias)", r"model.decoder.query_pos_head.layers.\1.\2",
+     RENAME),
+    # Per-layer heads: dec_score_head -> class_embed, dec_bbox_head -> bbox_embed.
+    (r"decoder\.dec_score_head\.(\d+)\.(weight|bias)", r"model.decoder.class_embed.\1.\2", RENAME),
+    (r"decoder\.dec_bbox_head\.(\d+)\.layers\.(\d+)\.(weight|bias)", r"model.decoder.bbox_embed.\1.layers.\2.\3",
+     RENAME),
+    # Decoder layers: self-attention in_proj split as in AIFI; out_proj keeps its name.
+    (r"decoder\.decoder\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)",
+     r"model.decoder.layers.\1.self_attn.{qkv}_proj.\2", SPLIT_QKV),
+    (r"decoder\.decoder\.layers\.(\d+)\.self_attn\.out_proj\.(weight|bias)",
+     r"model.decoder.layers.\1.self_attn.out_proj.\2", RENAME),
+    # Deformable cross-attention cross_attn -> encoder_attn (same four linears); its per-point 1/K_l buffer
+    # num_points_scale -> n_points_scale.
+    (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)"
+     r"\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.\2.\3", RENAME),
+    (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.num_points_scale", r"model.decoder.layers.\1.encoder_attn.n_points_scale",
+     RENAME),
+    # Post-norms: norm1 after self-attention, norm2 after cross-attention, norm3 after the FFN.
+    (r"decoder\.decoder\.layers\.(\d+)\.norm1\.(weight|bias)", r"model.decoder.layers.\1.self_attn_layer_norm.\2",
+     RENAME),
+    (r"decoder\.decoder\.layers\.(\d+)\.norm2\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn_layer_norm.\2",
+     RENAME),
+    (r"decoder\.decoder\.layers\.(\d+)\.norm3\.(weight|bias)", r"model.decoder.layers.\1.final_layer_norm.\2",
+     RENAME),
+    # Feed-forward linear1/linear2 -> fc1/fc2.
+    (r"decoder\.decoder\.layers\.(\d+)\.linear1\.(weight|bias)", r"model.decoder.layers.\1.fc1.\2", RENAME),
+    (r"decoder\.decoder\.layers\.(\d+)\.linear2\.(weight|bias)", r"model.decoder.layers.\1.fc2.\2", RENAME),
+]
+_COMPILED = [(re.compile(pattern), template, action) for pattern, template, action in RULES]
+
+
+def rename_official(state_dict, source="<state dict>"):
+    """Apply RULES: official {name: array} -> ({hub name: array}, {official name: array} set aside).
+
+    No shape checks here (see official_to_hf). An official name no rule covers is an RTDetrError naming it.
+    """
+    out, aside = {}, {}
+    for name, array in state_dict.items():
+        for pattern, template, action in _COMPILED:
+            m = pattern.fullmatch(name)
+            if m is None:
+                continue
+            if action == ASIDE:
+                aside[name] = array
+            elif action == RENAME:
+                out[m.expand(template)] = array
+            elif action == SPLIT_QKV:
+                d, rem = divmod(array.shape[0], 3)
+                if rem:
+                    raise RTDetrError(f"{source}: {name} has {array.shape[0]} rows, not 3 x d (q, k, v); the "
+                                      f"checkpoint is damaged or not RT-DETRv2")
+                for i, part in enumerate("qkv"):
+                    out[m.expand(template.replace("{qkv}", part))] = array[i * d:(i + 1) * d]   # [d, ...]
+            break                                                       # DROP: nothing to keep
+        else:
+            raise RTDetrError(f"{source}: no conversion rule for the tensor {name!r}; this is not an official "
+                              f"RT-DETRv2 ResNet-vd checkpoint (lyuwenyu/RT-DETR rtdetrv2_pytorch), or a newer one "
+                              f"this converter does not know")
+    return out, aside
+
+
+def official_to_hf(state_dict, cfg=None, source="<state dict>"):
+    """Official lyuwenyu/RT-DETR names -> hub names: {hub name: array}, without decoder.anchors / valid_mask.
+
+    state_dict: {official name: np.ndarray}, e.g. pth.load_pth(path). cfg: if given, the result is checked against
+    that architecture (every expected tensor present with its shape, nothing extra; weights.check_and_clean) and
+    returned as float32.
+    """
+    tensors, _ = rename_official(state_dict, source)
+    return tensors if cfg is None else check_and_clean(tensors, cfg, source)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The architecture from the tensors
+# ---------------------------------------------------------------------------------------------------------------
+
+def _shape(tensors, name, source):
+    if name not in tensors:
+        raise RTDetrError(f"{source}: no tensor {name} (after renaming); cannot tell the architecture: pass "
+                          f"--variant, or a config.json describing it")
+    return tuple(tensors[name].shape)
+
+
+def _count(tensors, pattern):
+    """How many distinct values the single group of `pattern` takes over the names."""
+    rx = re.compile(pattern)
+    return len({m.group(1) for m in map(rx.match, tensors) if m})
+
+
+def describe(tensors, source="<state dict>"):
+    """What the hub-named tensors say about the architecture: a dict of config fields (shapes only)."""
+    stages = [f"{BB}.encoder.stages.{s}" for s in range(_count(tensors, re.escape(f"{BB}.encoder.stages.") + r"(\d+)\."))]
+    bottleneck = f"{stages[0]}.layers.0.layer.2.convolution.weight" in tensors if stages else False
+    last = 2 if bottleneck else 1
+    enc = "model.encoder.encoder.0.layers.0"
+    levels = _count(tensors, r"model\.encoder_input_proj\.(\d+)\.")
+    d = dict(
+        layer_type="bottleneck" if bottleneck else "basic",
+        depths=[_count(tensors, re.escape(f"{s}.layers.") + r"(\d+)\.") for s in stages],
+        hidden_sizes=[_shape(tensors, f"{s}.layers.0.layer.{last}.convolution.weight", source)[0] for s in stages],
+        encoder_in_channels=[_shape(tensors, f"model.encoder_input_proj.{i}.0.weight", source)[1]
+                             for i in range(levels)],
+        encoder_hidden_dim=_shape(tensors, "model.encoder_input_proj.0.0.weight", source)[0],
+        encoder_ffn_dim=_shape(tensors, f"{enc}.fc1.weight", source)[0],
+        decoder_layers=_count(tensors, r"model\.decoder\.class_embed\.(\d+)\."),
+        d_model=_shape(tensors, "model.decoder_input_proj.0.0.weight", source)[0],
+        decoder_in_channels=[_shape(tensors, f"model.decoder_input_proj.{i}.0.weight", source)[1]
+                             for i in range(levels)],
+        decoder_ffn_dim=_shape(tensors, "model.decoder.layers.0.fc1.weight", source)[0],
+    )
+    d["hidden_expansion"] = _shape(tensors, "model.encoder.fpn_blocks.0.conv1.conv.weight", source)[0] \
+        / d["encoder_hidden_dim"]
+    # Points per level from the 1/K_l buffer ([orig] MSDeformableAttention.num_points_scale): K_l entries of 1/K_l.
+    scale = np.asarray(tensors.get("model.decoder.layers.0.encoder_attn.n_points_scale", []), dtype=np.float64)
+    n_points, i = [], 0
+    while i < len(scale) and scale[i] > 0:
+        n_points.append(int(round(1 / scale[i])))
+        i += n_points[-1]
+    if i != len(scale) or len(n_points) != levels:
+        raise RTDetrError(f"{source}: the num_points_scale buffer {scale.round(4).tolist()} is not K_l entries of "
+                          f"1/K_l for each of {levels} levels; the checkpoint is damaged or not RT-DETRv2")
+    d["decoder_n_points"] = n_points[0] if len(set(n_points)) == 1 else n_points
+    K = sum(n_points)
+    d["decoder_attention_heads"] = _shape(tensors, "model.decoder.layers.0.encoder_attn.sampling_offsets.weight",
+                                          source)[0] // (2 * K)
+    d["num_labels"] = _shape(tensors, "model.decoder.class_embed.0.weight", source)[0]
+    return d
+
+
+STRUCTURE = ("layer_type", "depths", "hidden_sizes", "encoder_in_channels", "encoder_hidden_dim", "encoder_ffn_dim",
+             "hidden_expansion", "decoder_layers", "d_model", "decoder_in_channels", "decoder_ffn_dim")
+
+
+def _structure_of(cfg):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in STRUCTURE)}
+
+
+def infer_config(tensors, variant=None, method=None, source="<state dict>"):
+    """The Config of hub-named tensors from an official checkpoint: (cfg, variant name, how it was decided).
+
+    variant: one of config.VARIANTS to force; None to find the published variant whose structure (block type and
+    counts, widths, encoder and decoder sizes, decoder layer count) the tensors have. Points per level, decoder
+    heads and the number of classes are read from the tensors (so the r18vd sp1-sp3 ablation checkpoints work too).
+    method: "bilinear" (default) or "discrete".
+    """
+    found = describe(tensors, source)
+    if variant is None:
+        matches = [v for v in VARIANTS if _structure_of(variant_config(v)) == {k: found[k] for k in STRUCTURE}]
+        if not matches:
+            summary = (f"{found['layer_type']} blocks {found['depths']}, widths {found['hidden_sizes']}, encoder "
+                       f"{found['encoder_hidden_dim']} (FFN {found['encoder_ffn_dim']}, CSP expansion "
+                       f"{found['hidden_expansion']:g}), {found['decoder_layers']} decoder layers")
+            raise RTDetrError(f"{source}: the tensors ({summary}) are not one of the published architectures "
+                              f"{', '.join(VARIANTS)}; put a config.json describing it beside the file or pass "
+                              f"--config")
+        variant, how = matches[0], "inferred from the tensor shapes"
+    elif variant not in VARIANTS:
+        raise RTDetrError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
+    else:
+        how = "given with --variant"
+    n = found["num_labels"]
+    id2label = dict(enumerate(COCO_NAMES)) if n == len(COCO_NAMES) else {i: f"LABEL_{i}" for i in range(n)}
+    cfg = variant_config(variant, id2label=id2label, decoder_n_points=found["decoder_n_points"],
+                         decoder_attention_heads=found["decoder_attention_heads"],
+                         decoder_method="discrete" if method == "discrete" else "default")
+    return cfg, variant, how
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Anchors: the checkpoint's versus recomputed
+# ---------------------------------------------------------------------------------------------------------------
+
+def compare_anchors(aside):
+    """Compare the checkpoint's decoder.anchors with generate_anchors at the size they were made for.
+
+    aside: the {official name: array} rename_official set aside. Returns None if there are no anchors, else a dict
+    size_hw (the input size whose anchors fit best, found from the anchor count: Nv = 21 * (H/32) * (W/32)),
+    mask_equal (valid_mask and the finite entries agree with ours), max_abs, max_rel (over valid entries; the
+    official code writes +inf where invalid, transformers and we write float32 max).
+    """
+    if "decoder.anchors" not in aside:
+        return None
+    theirs = np.asarray(aside["decoder.anchors"], dtype=np.float32).reshape(-1, 4)      # [Nv, 4]
+    nv = len(theirs)
+    best = None
+    for a in range(1, nv // 21 + 1):                 # (H/32, W/32) = (a, b) with a * b = Nv / 21
+        if nv % (21 * a):
+            continue
+        b = nv // (21 * a)
+        ours, valid = generate_anchors([(4 * a, 4 * b), (2 * a, 2 * b), (a, b)])          # [Nv, 4], [Nv]
+        their_valid = np.isfinite(theirs).all(axis=1)
+        if "decoder.valid_mask" in aside:
+            their_valid &= np.asarray(aside["decoder.valid_mask"]).reshape(-1).astype(bool)
+        both = valid & their_valid
+        diff = np.abs(theirs[both].astype(np.float64) - ours[both])
+        rel = diff / np.maximum(np.abs(ours[both]), 1e-3)
+        entry = dict(size_hw=(32 * a, 32 * b), mask_equal=bool((valid == their_valid).all()),
+                     max_abs=float(diff.max()) if diff.size else 0.0, max_rel=float(rel.max()) if rel.size else 0.0)
+        if best is None or (entry["mask_equal"], -entry["max_abs"]) > (best["mask_equal"], -best["max_abs"]):
+            best = entry
+    return best
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading sources, writing the converted file
+# ---------------------------------------------------------------------------------------------------------------
+
+def load_official(path, variant=None, method=None, config=None):
+    """Read an official .pth and map it: (cfg, {hub name: float32 array}, report dict).
+
+    The architecture comes from `config` (a config.json path) if given, else from a config.json beside the file,
+    else from `variant`, else from the tensors (infer_config). report: "architecture" (how it was decided),
+    "variant", "tensors_in" (official tensor count), "anchors" (compare_anchors or None).
+    """
+    from .pth import load_pth
+    path = os.fspath(path)
+    state_dict = load_pth(path)
+    tensors, aside = rename_official(state_dict, path)
+    beside = os.path.join(os.path.dirname(path) or ".", "config.json")
+    if config is None and variant is None and os.path.exists(beside):
+        config = beside
+    if config is not None:
+        cfg = read_config(config)
+        if method is not None:
+            cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
+        name, how = None, f"from {config}"
+    else:
+        cfg, name, how = infer_config(tensors, variant, method, path)
+    report = dict(architecture=how, variant=name, tensors_in=len(state_dict), anchors=compare_anchors(aside))
+    try:
+        tensors = check_and_clean(tensors, cfg, path)
+    except RTDetrError as e:
+        if config != beside:
+            raise
+        raise RTDetrError(f"{e} (the architecture was read from {beside}, found beside the file; move it away to "
+                          f"have the architecture inferred from the tensors)") from None
+    return cfg, tensors, report

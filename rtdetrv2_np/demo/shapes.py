@@ -221,7 +221,8 @@ def make_scene(seed, index, size=SIZE):
     """One generated scene.
 
     Returns (image uint8 [S, S, 3], objects): objects a list, in drawing order (back to front), of dicts
-    {"label": int, "name": str, "box": [x0, y0, x1, y1] (pixels, visible part), "area": float (visible px²)}.
+    {"label": int, "name": str, "box": [x0, y0, x1, y1] (pixels, visible part), "area": float (visible px²),
+    "full_area": float (the area it would cover unoccluded; area / full_area >= MIN_VISIBLE)}.
     """
     draws = Draws(seed, index)
     S = int(size)
@@ -295,7 +296,7 @@ def _annotation(obj):
     x0, y0 = obj["pix"][0], obj["pix"][1]
     box = [x0 + cols[0] / SUB, y0 + rows[0] / SUB, x0 + (cols[-1] + 1) / SUB, y0 + (rows[-1] + 1) / SUB]
     return {"label": obj["label"], "name": CLASSES[obj["label"]], "box": [float(v) for v in box],
-            "area": float(vis.sum()) / (SUB * SUB)}
+            "area": float(vis.sum()) / (SUB * SUB), "full_area": obj["full"] / (SUB * SUB)}
 
 
 def scene_digest(seed, index, size=SIZE):

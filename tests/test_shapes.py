@@ -1,7 +1,7 @@
 """The generated shapes dataset (rtdetrv2_np.demo.shapes): deterministic across library versions, and what its
 module docstring promises about boxes, areas, sizes and occlusion.
 
-The pinned digests were computed by this code under NumPy 2.4 and checked under NumPy 1.26 and 2.0; the generator
+The pinned digests were computed by this code under NumPy 2.4.6 and are the same under NumPy 1.26.4; the generator
 uses no NumPy random stream and no Pillow drawing, so any version must give them.
 """
 

@@ -1,10 +1,13 @@
 """load_model: from a checkpoint on disk to a callable Model, with no PyTorch.
 
 Accepted sources:
+    - "demo" or "demo-discrete": the small models shipped inside the package (rtdetrv2_np/demo), for the generated
+      shapes only;
     - a Hugging Face hub id such as "PekingU/rtdetr_v2_r18vd" (config.json + model.safetensors downloaded into, or
       found in, the cache transformers uses; see hub.py), optionally at a revision;
     - a model directory laid out as on the Hugging Face hub: config.json + model.safetensors (tensor names as in
-      ../shared/reference/hf_keys_r18vd.txt); the architecture is read from config.json;
+      those of the published PekingU/rtdetr_v2_* files); the architecture is read from config.json, the input size
+      from preprocessor_config.json when there is one (as the hub's image processor reads it);
     - a converted, self-describing .safetensors file whose metadata holds the config.json text under "config"
       (written by `python -m rtdetrv2_np.convert`);
     - an official lyuwenyu/RT-DETR .pth checkpoint, converted in memory (official.load_official: read without torch,
@@ -34,6 +37,9 @@ def load_model(source, method=None, revision="main", progress=None):
     revision: branch, tag or commit of a hub id. progress: a callback(done_bytes, total_bytes) for downloads.
     """
     source = os.fspath(source)
+    from .demo import DEMO_MODELS, demo_model_dir
+    if source in DEMO_MODELS and not os.path.exists(source):
+        source = demo_model_dir(source)
     if not os.path.exists(source) and HUB_ID.match(source) and not source.endswith((".safetensors", ".pth")):
         from .hub import snapshot_model
         return load_model(snapshot_model(source, revision=revision, progress=progress), method)
@@ -43,7 +49,9 @@ def load_model(source, method=None, revision="main", progress=None):
         if not os.path.exists(weights):
             raise RTDetrError(f"{source}: no model.safetensors in this directory")
         tensors, _ = read_safetensors(weights)
-        return build_model(cfg, tensors, method, weights)
+        model = build_model(cfg, tensors, method, weights)
+        size = read_input_size(os.path.join(source, "preprocessor_config.json"))
+        return replace(model, input_size=size) if size else model
     if source.endswith(".safetensors"):
         tensors, meta = read_safetensors(source)
         if CONFIG_METADATA_KEY in meta:
@@ -69,8 +77,25 @@ def build_model(cfg, tensors, method=None, source="<memory>"):
 
     method: "bilinear" or "discrete" overrides the config's decoder_method; None keeps it.
     """
-    if method is not None:
-        if method not in ("bilinear", "discrete"):
-            raise RTDetrError(f"method must be 'bilinear' or 'discrete', got {method!r}")
-        cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
+    try:
+        cfg = cfg.with_method(method)
+    except ValueError as e:
+        raise RTDetrError(str(e)) from None
     return Model(cfg, params_tree(check_and_clean(tensors, cfg, source)), source)
+
+
+def read_input_size(path):
+    """(H, W) from a hub preprocessor_config.json ({"size": {"height": H, "width": W}}, transformers'
+    RTDetrImageProcessor), or None when there is no such file. RTDetrError if it is there but unusable."""
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8") as f:
+            size = json.load(f).get("size", {})
+        H, W = int(size["height"]), int(size["width"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise RTDetrError(f"{path}: no usable size {{'height': H, 'width': W}} ({type(e).__name__}: {e}); fix or "
+                          "remove the file") from None
+    if not (32 <= H <= 4096 and 32 <= W <= 4096 and H % 32 == 0 and W % 32 == 0):
+        raise RTDetrError(f"{path}: size {H}x{W} is not a multiple of 32 between 32 and 4096")
+    return H, W

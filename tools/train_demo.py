@@ -34,6 +34,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -224,8 +225,11 @@ def main():
     model.train()
     t_last = time.time()
     acc = {}
+    stop = []       # SIGTERM / SIGINT: finish the step, save, export and exit (a run can be interrupted at any time)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.append(True))
     for s, pixels, targets in loader:
-        if s >= a.steps:
+        if s >= a.steps or stop:
             break
         for g in opt.param_groups:
             g["lr"] = lr_at(s)
@@ -244,7 +248,7 @@ def main():
         acc.setdefault("loss", []).append(out.loss.item())
         for k in ("loss_vfl", "loss_bbox", "loss_giou"):
             if k in out.loss_dict:
-                acc.setdefault(k, []).append(float(out.loss_dict[k]))
+                acc.setdefault(k, []).append(float(out.loss_dict[k].detach()))
         acc.setdefault("gnorm", []).append(float(gnorm))
         step = s + 1
         now = time.time()
@@ -257,7 +261,7 @@ def main():
             with open(a.run / "log.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
             print(json.dumps(rec), flush=True)
-        if step % a.ckpt_every == 0 or step == a.steps:
+        if step % a.ckpt_every == 0 or step == a.steps or stop:
             save_atomic({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                          "step": step, "seconds": seconds, "torch_rng": torch.get_rng_state(),
                          "args": vars(a) | {"run": str(a.run), "init": str(a.init)}}, a.run / "state.pt")

@@ -54,7 +54,8 @@ def forward(params, cfg, pixel_values, trace=None):
         levels.append(y.reshape(B, y.shape[1], -1).transpose(0, 2, 1))             # [B, H_l*W_l, d]
     spatial_shapes = [tuple(x.shape[2:]) for x in enc]
     memory = np.concatenate(levels, axis=1)                                         # [B, Nv, d]
-    target, ref, _ = select_queries(memory, spatial_shapes, m, cfg.num_queries, cfg.layer_norm_eps, trace)
+    target, ref, _ = select_queries(memory, spatial_shapes, m, cfg.num_queries, cfg.layer_norm_eps, trace,
+                                    cfg.anchor_image_size, cfg.learn_initial_query)
     logits, boxes = decoder(target, ref, memory, spatial_shapes, m["decoder"], cfg, trace)
     if trace is not None:
         trace.update({f"backbone.{l}": f for l, f in enumerate(feats)})
@@ -75,6 +76,7 @@ class Model:
     config: Config
     params: dict
     source: str = ""
+    input_size: tuple = None    # (H, W) the checkpoint was trained at (its preprocessor_config.json); None: not said
 
     def __call__(self, pixel_values):
         logits, boxes = forward(self.params, self.config, _check_pixels(pixel_values))
@@ -99,6 +101,6 @@ def _check_pixels(x):
     x = np.asarray(x)
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"pixel_values must be [B, 3, H, W], got shape {list(x.shape)}")
-    if x.dtype != np.float32:
-        raise ValueError(f"pixel_values must be float32, got {x.dtype}")
+    if x.dtype not in (np.float32, np.float64):
+        raise ValueError(f"pixel_values must be float32 (as the reference) or float64, got {x.dtype}")
     return x

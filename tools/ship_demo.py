@@ -145,10 +145,10 @@ def card(name, metrics, names):
         "",
         f"- seed 0 (weights and scene stream: scene i of step s is `make_scene(0, s·batch + i)`); "
         f"{tr['steps']:,} steps of batch 8 ({tr['steps'] * 8:,} scenes, none of the evaluation set);",
-        f"- {tr['train_seconds'] / 3600:.1f} h of training on {metrics['hardware']} (CPU only, 2 threads, while "
-        "other work shared the machine: the wall time is an upper bound);",
-        f"- shipped weights: the exponential moving average of the weights (decay 0.9995), as the official recipe "
-        f"ships its EMA.",
+        f"- {tr['train_seconds'] / 3600:.1f} h of training on {metrics['hardware']} (CPU only, 1-2 threads, while "
+        "other work shared the machine: the time is an upper bound);",
+        "- shipped weights: the exponential moving average of the weights (decay 0.9995), as the official recipe "
+        "ships its EMA.",
         "",
         "## Evaluation",
         "",

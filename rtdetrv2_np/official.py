@@ -23,7 +23,6 @@ Decisions, and where the official model and transformers differ:
 
 import os
 import re
-from dataclasses import replace
 
 import numpy as np
 
@@ -283,8 +282,7 @@ def infer_config(tensors, variant=None, method=None, source="<state dict>"):
     n = found["num_labels"]
     id2label = dict(enumerate(COCO_NAMES)) if n == len(COCO_NAMES) else {i: f"LABEL_{i}" for i in range(n)}
     cfg = variant_config(variant, id2label=id2label, decoder_n_points=found["decoder_n_points"],
-                         decoder_attention_heads=found["decoder_attention_heads"],
-                         decoder_method="discrete" if method == "discrete" else "default")
+                         decoder_attention_heads=found["decoder_attention_heads"]).with_method(method)
     return cfg, variant, how
 
 
@@ -341,13 +339,14 @@ def load_official(path, variant=None, method=None, config=None):
     beside = os.path.join(os.path.dirname(path) or ".", "config.json")
     if config is None and variant is None and os.path.exists(beside):
         config = beside
-    if config is not None:
-        cfg = read_config(config)
-        if method is not None:
-            cfg = replace(cfg, decoder_method="discrete" if method == "discrete" else "default")
-        name, how = None, f"from {config}"
-    else:
-        cfg, name, how = infer_config(tensors, variant, method, path)
+    try:
+        if config is not None:
+            cfg = read_config(config).with_method(method)
+            name, how = None, f"from {config}"
+        else:
+            cfg, name, how = infer_config(tensors, variant, method, path)
+    except ValueError as e:                          # Config.with_method: not a sampling method
+        raise RTDetrError(f"{path}: {e}") from None
     report = dict(architecture=how, variant=name, tensors_in=len(state_dict), anchors=compare_anchors(aside))
     try:
         tensors = check_and_clean(tensors, cfg, path)

@@ -18,8 +18,8 @@ look, which positions win the top-300) means nothing with random weights, and a 
 function takes `weights_note` (any text, stamped in red at the top) and `random_weights=True` (stamps
 RANDOM_WEIGHTS_NOTE).
 
-References: [1] RT-DETR arXiv 2304.08069; [2] Deformable DETR arXiv 2010.04159; [3] RT-DETRv2 arXiv 2407.17140.
-Shape letters: see the glossary in nn.py.
+References [1] RT-DETR, [2] Deformable DETR, [3] RT-DETRv2 (with versions and sections) and the glossary of shape
+letters: the package docstring, rtdetrv2_np/__init__.py.
 """
 
 import contextlib
@@ -30,7 +30,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from .model.deformable_attention import sample_bilinear, sample_discrete
+from .model.deformable_attention import bilinear_taps, discrete_texel, sample_bilinear, sample_discrete
 from .postprocess import center_to_corners
 
 HUB_ID = "PekingU/rtdetr_v2_r18vd"
@@ -321,12 +321,10 @@ def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, r
     for p, (x, y) in enumerate(locs):
         color = _tab10(p + 3)
         u, v = float(x) * W, float(y) * H
-        # bilinear: neighbours and weights (the same formula as sample_bilinear, in pixel units ix = u - 0.5)
+        # bilinear: the four neighbours and their weights, as the package computes them (bilinear_taps)
         ax = axes[0, 0]
-        ix, iy = u - 0.5, v - 0.5
-        x0, y0 = int(np.floor(ix)), int(np.floor(iy))
-        for cx, cy in ((x0, y0), (x0 + 1, y0), (x0, y0 + 1), (x0 + 1, y0 + 1)):
-            wgt = (1 - abs(ix - cx)) * (1 - abs(iy - cy))
+        for cx, cy, wgt in bilinear_taps(x, y, H, W):
+            cx, cy, wgt = int(cx), int(cy), float(wgt)
             inside = 0 <= cx < W and 0 <= cy < H
             ax.plot([u, cx + 0.5], [v, cy + 0.5], color=color, linewidth=0.8 + 2.5 * wgt, alpha=0.8)
             ax.plot([cx + 0.5], [cy + 0.5], marker="o", markersize=6, color=color if inside else "white",
@@ -338,8 +336,7 @@ def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, r
         lines_b.append(f"p{p} ({x:.3f}, {y:.3f}) -> {bil[p]:.4g}")
         # discrete: the picked texel, and the cell of u values that pick it
         ax = axes[0, 1]
-        i = min(max(int(u + 0.5), 0), W - 1)
-        j = min(max(int(v + 0.5), 0), H - 1)
+        i, j = discrete_texel(x, y, H, W)
         ax.add_patch(Rectangle((i, j), 1, 1, fill=True, facecolor=color, alpha=0.3, edgecolor=color, linewidth=2.5))
         ax.add_patch(Rectangle((i - 0.5, j - 0.5), 1, 1, fill=False, edgecolor=color, linewidth=1.2,
                                linestyle="--"))

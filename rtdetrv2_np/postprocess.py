@@ -32,7 +32,7 @@ coco_dataset.py::mscoco_label2category`), used for COCO-format results.
 import numpy as np
 
 from .errors import RTDetrError
-from .model.nn import sigmoid
+from .model.nn import sigmoid, topk
 
 f32 = np.float32
 
@@ -100,9 +100,7 @@ def post_process_object_detection(logits, pred_boxes, target_sizes=None, thresho
         boxes = boxes * scale[:, None, :]                                        # [B, Nq, 4]
 
     scores = sigmoid(logits).reshape(B, Nq * NC)                                 # [B, Nq*NC]
-    # Descending stable sort: sort the negated scores ascending; NaN first like torch.topk (key -inf).
-    key = np.where(np.isnan(scores), -np.inf, -scores)                           # [B, Nq*NC]
-    index = np.argsort(key, axis=1, kind="stable")[:, :k]                        # [B, k]
+    index = topk(scores, k)                       # [B, k] descending, ties by lower index, NaN first
     top_scores = np.take_along_axis(scores, index, axis=1)                       # [B, k]
     labels = index % NC                                                          # [B, k]
     query = index // NC                                                          # [B, k]

@@ -24,6 +24,8 @@ import zlib
 
 import numpy as np
 
+from .model.deformable_attention import points_scale
+
 
 def random_tensor(name, shape, seed=0):
     """One float32 tensor for the hub-named tensor `name`, from the table in the module docstring."""
@@ -55,7 +57,7 @@ def random_params(shapes, seed=0, n_points=None):
     out = {}
     for name, shape in shapes.items():
         if name.endswith("n_points_scale"):
-            out[name] = np.array([1.0 / n for n in n_points for _ in range(n)], dtype=np.float32)
+            out[name] = points_scale(n_points)
         else:
             out[name] = random_tensor(name, tuple(shape), seed)
     return out

@@ -31,7 +31,7 @@ def expected_shapes(cfg):
         s[f"{prefix}.weight"] = (c_out, c_in)
         s[f"{prefix}.bias"] = (c_out,)
 
-    def conv_norm(prefix, c_out, c_in, k, conv="conv", norm="norm"):
+    def conv_bn_shapes(prefix, c_out, c_in, k, conv="conv", norm="norm"):   # a conv (no bias) + its BatchNorm
         s[f"{prefix}.{conv}.weight"] = (c_out, c_in, k, k)
         bn(f"{prefix}.{norm}", c_out)
 
@@ -39,7 +39,7 @@ def expected_shapes(cfg):
     bb = "model.backbone.model"
     e = cfg.embedding_size
     for i, (c_out, c_in) in enumerate([(e // 2, 3), (e // 2, e // 2), (e, e // 2)]):
-        conv_norm(f"{bb}.embedder.embedder.{i}", c_out, c_in, 3, "convolution", "normalization")
+        conv_bn_shapes(f"{bb}.embedder.embedder.{i}", c_out, c_in, 3, "convolution", "normalization")
     c_in = e
     for si, (c_out, depth) in enumerate(zip(cfg.hidden_sizes, cfg.depths)):
         for li in range(depth):
@@ -51,11 +51,11 @@ def expected_shapes(cfg):
                 w = c_out // 4                                    # bottleneck reduction 4 (RTDetrResNetBottleNeckLayer)
                 convs = [(w, cin_l, 1), (w, w, 3), (c_out, w, 1)]
             for j, (co, ci, k) in enumerate(convs):
-                conv_norm(f"{p}.layer.{j}", co, ci, k, "convolution", "normalization")
+                conv_bn_shapes(f"{p}.layer.{j}", co, ci, k, "convolution", "normalization")
             if li == 0:
                 _, key = shortcut_layout(cfg.layer_type, si, cin_l, c_out)
                 if key is not None:
-                    conv_norm(f"{p}.{key}", c_out, cin_l, 1, "convolution", "normalization")
+                    conv_bn_shapes(f"{p}.{key}", c_out, cin_l, 1, "convolution", "normalization")
         c_in = c_out
     # Hybrid encoder
     C = cfg.encoder_hidden_dim
@@ -73,17 +73,17 @@ def expected_shapes(cfg):
                 s[f"{p}.{n}.weight"] = s[f"{p}.{n}.bias"] = (C,)
     hidden = int(C * cfg.hidden_expansion)
     for i in range(len(cfg.encoder_in_channels) - 1):
-        conv_norm(f"model.encoder.lateral_convs.{i}", C, C, 1)
-        conv_norm(f"model.encoder.downsample_convs.{i}", C, C, 3)
+        conv_bn_shapes(f"model.encoder.lateral_convs.{i}", C, C, 1)
+        conv_bn_shapes(f"model.encoder.downsample_convs.{i}", C, C, 3)
         for blocks in ("fpn_blocks", "pan_blocks"):
             p = f"model.encoder.{blocks}.{i}"
-            conv_norm(f"{p}.conv1", hidden, 2 * C, 1)
-            conv_norm(f"{p}.conv2", hidden, 2 * C, 1)
+            conv_bn_shapes(f"{p}.conv1", hidden, 2 * C, 1)
+            conv_bn_shapes(f"{p}.conv2", hidden, 2 * C, 1)
             for j in range(3):                                    # num_blocks = 3 (RTDetrV2CSPRepLayer)
-                conv_norm(f"{p}.bottlenecks.{j}.conv1", hidden, hidden, 3)
-                conv_norm(f"{p}.bottlenecks.{j}.conv2", hidden, hidden, 1)
+                conv_bn_shapes(f"{p}.bottlenecks.{j}.conv1", hidden, hidden, 3)
+                conv_bn_shapes(f"{p}.bottlenecks.{j}.conv2", hidden, hidden, 1)
             if hidden != C:
-                conv_norm(f"{p}.conv3", C, hidden, 1)
+                conv_bn_shapes(f"{p}.conv3", C, hidden, 1)
     # Query selection and decoder
     d, NC, K = cfg.d_model, cfg.num_labels, sum(cfg.n_points)
     for i, ci in enumerate(cfg.decoder_in_channels):

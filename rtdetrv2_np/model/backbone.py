@@ -18,13 +18,7 @@ Every convolution has no bias and is followed by eval-mode BatchNorm (frozen sta
 the outputs of the last three stages, strides 8, 16 and 32 (config.out_indices = [2, 3, 4]; stage 1 is not used).
 """
 
-from .nn import activation_, avg_pool2d_ceil, conv_bn, max_pool2d
-
-
-def conv_norm(x, p, stride=1, act=True):
-    """RTDetrResNetConvLayer: conv (no bias, padding k//2) -> BatchNorm -> ReLU (or nothing). [B, C_in, H, W] -> [B, C_out, Ho, Wo]."""
-    w = p["convolution"]["weight"]
-    return conv_bn(x, w, p["normalization"], stride, w.shape[-1] // 2, "relu" if act else None)
+from .nn import activation_, avg_pool2d_ceil, conv_norm, max_pool2d
 
 
 def shortcut_layout(layer_type, stage, c_in, c_out):
@@ -50,16 +44,16 @@ def residual_block(x, p, layer_type, stride, shortcut):
     """
     convs = p["layer"]
     if layer_type == "basic":
-        y = conv_norm(x, convs[0], stride=stride)           # [B, C_out, H/s, W/s]
-        y = conv_norm(y, convs[1], act=False)
+        y = conv_norm(x, convs[0], stride, "relu")          # [B, C_out, H/s, W/s]
+        y = conv_norm(y, convs[1])
     else:
-        y = conv_norm(x, convs[0])                          # [B, C_out/4, H, W]
-        y = conv_norm(y, convs[1], stride=stride)           # [B, C_out/4, H/s, W/s]
-        y = conv_norm(y, convs[2], act=False)               # [B, C_out, H/s, W/s]
+        y = conv_norm(x, convs[0], 1, "relu")               # [B, C_out/4, H, W]
+        y = conv_norm(y, convs[1], stride, "relu")          # [B, C_out/4, H/s, W/s]
+        y = conv_norm(y, convs[2])                          # [B, C_out, H/s, W/s]
     pool, key = shortcut
     s = avg_pool2d_ceil(x) if pool else x                   # [B, C_in, H/s, W/s]
     if key is not None:
-        s = conv_norm(s, p["shortcut"][1] if key == "shortcut.1" else p["shortcut"], act=False)  # [B, C_out, H/s, W/s]
+        s = conv_norm(s, p["shortcut"][1] if key == "shortcut.1" else p["shortcut"])  # [B, C_out, H/s, W/s]
     y += s
     return activation_(y, "relu")
 
@@ -71,7 +65,7 @@ def backbone(pixel_values, p, cfg):
     """
     x = pixel_values
     for i, layer in enumerate(p["embedder"]["embedder"]):  # deep stem: 3x3 s2, 3x3, 3x3 ([6] §4.1, "ResNet-C")
-        x = conv_norm(x, layer, stride=2 if i == 0 else 1)  # [B, C_stem, H/2, W/2]
+        x = conv_norm(x, layer, 2 if i == 0 else 1, "relu")  # [B, C_stem, H/2, W/2]
     x = max_pool2d(x, kernel=3, stride=2, padding=1)        # [B, C_stem, H/4, W/4]
     features = []
     c_in = cfg.embedding_size

@@ -13,7 +13,7 @@ Two fields are ours, not transformers':
   hub config, which lacks it, gives -1 (all layers), as transformers does.
 """
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,17 @@ class Config:
     def method(self):
         """The sampling method by its name in this package: "bilinear" or "discrete"."""
         return "discrete" if self.decoder_method == "discrete" else "bilinear"
+
+    def with_method(self, method):
+        """This Config with the sampling method `method` ("bilinear" or "discrete"; None keeps this one's).
+
+        The one place that maps our names onto config.json's decoder_method ("default" = bilinear, "discrete").
+        """
+        if method is None:
+            return self
+        if method not in ("bilinear", "discrete"):
+            raise ValueError(f"method must be 'bilinear' or 'discrete', got {method!r}")
+        return replace(self, decoder_method="discrete" if method == "discrete" else "default")
 
     @property
     def num_decoder_layers_used(self):

@@ -25,7 +25,7 @@ what a hub config.json gives) runs every layer, as transformers does.
 import numpy as np
 
 from .deformable_attention import multiscale_deformable_attention
-from .nn import ACTIVATIONS, inverse_sigmoid, layer_norm, linear, mlp, multi_head_attention, sigmoid
+from .nn import activation_, inverse_sigmoid, layer_norm, linear, mlp, multi_head_attention, sigmoid
 
 
 def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
@@ -42,7 +42,7 @@ def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
         p["encoder_attn"], x + pos, boxes, memory, spatial_shapes, cfg.decoder_attention_heads, cfg.n_points,
         cfg.decoder_offset_scale, cfg.method)                                       # [B, Nq, C]
     x = layer_norm(x + attn, p["encoder_attn_layer_norm"], eps)
-    h = ACTIVATIONS[cfg.decoder_activation_function](linear(x, p["fc1"]))          # [B, Nq, F]
+    h = activation_(linear(x, p["fc1"]), cfg.decoder_activation_function)          # [B, Nq, F]
     x = layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)            # [B, Nq, C]
     return x, loc, weights
 

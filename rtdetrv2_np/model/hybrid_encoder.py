@@ -21,34 +21,27 @@ The official code (and transformers 4.x) swaps the roles of rows and columns on 
 
 import numpy as np
 
-from .nn import ACTIVATIONS, activation_, conv_bn, layer_norm, linear, multi_head_attention, upsample_nearest2x
-
-f32 = np.float32
-
-
-def conv_norm(x, p, stride=1, act=None):
-    """RTDetrV2ConvNormLayer: conv (no bias, padding (k-1)//2) -> BN -> activation. [B, C_in, H, W] -> [B, C_out, Ho, Wo]."""
-    w = p["conv"]["weight"]
-    return conv_bn(x, w, p["norm"], stride, (w.shape[-1] - 1) // 2, act)         # [B, C_out, Ho, Wo]
+from .nn import activation_, conv_bn, conv_norm, layer_norm, linear, multi_head_attention, upsample_nearest2x
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # AIFI: attention-based intra-scale feature interaction ([1] §4.2)
 # ----------------------------------------------------------------------------------------------------------------
 
-def sincos_position_embedding(height, width, dim, temperature=10000.0):
+def sincos_position_embedding(height, width, dim, temperature=10000.0, dtype=np.float32):
     """2-D sin-cos position embedding [H*W, C], row-major tokens, channels [sin(y w) | cos(y w) | sin(x w) | cos(x w)].
 
     w_i = 1 / temperature^(i / (C/4)), i = 0..C/4-1 ([7] §3.5 applied to each axis; temperature 10000 from
-    config.positional_encoding_temperature). Computed in float64 then rounded to float32, as transformers 5.24 does
-    (build_2d_sinusoidal_position_embedding); it is a constant table, not on the data path.
+    config.positional_encoding_temperature). Computed in float64 then rounded to `dtype` (the data's), as
+    transformers 5.24 does for float32 (build_2d_sinusoidal_position_embedding); a constant table, not on the
+    data path.
     """
     pos_dim = dim // 4
     omega = 1.0 / temperature ** (np.arange(pos_dim, dtype=np.float64) / pos_dim)  # [C/4]
     y, x = np.meshgrid(np.arange(height, dtype=np.float64), np.arange(width, dtype=np.float64), indexing="ij")
     ey = y.reshape(-1, 1) * omega                                                 # [H*W, C/4]
     ex = x.reshape(-1, 1) * omega                                                 # [H*W, C/4]
-    return np.concatenate([np.sin(ey), np.cos(ey), np.sin(ex), np.cos(ex)], axis=1).astype(f32)  # [H*W, C]
+    return np.concatenate([np.sin(ey), np.cos(ey), np.sin(ex), np.cos(ex)], axis=1).astype(dtype)  # [H*W, C]
 
 
 def encoder_layer(x, pos, p, num_heads, act="gelu", eps=1e-5):
@@ -60,7 +53,7 @@ def encoder_layer(x, pos, p, num_heads, act="gelu", eps=1e-5):
     """
     qk = x if pos is None else x + pos
     x = layer_norm(x + multi_head_attention(qk, x, p["self_attn"], num_heads), p["self_attn_layer_norm"], eps)
-    h = ACTIVATIONS[act](linear(x, p["fc1"]))                                     # [B, N, F]
+    h = activation_(linear(x, p["fc1"]), act)                                     # [B, N, F]
     return layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)        # [B, N, C]
 
 
@@ -70,7 +63,8 @@ def aifi(x, p, cfg):
     tokens = x.reshape(B, C, H * W).transpose(0, 2, 1)                            # [B, H*W, C]
     # transformers drops the embedding in eval mode when config.eval_size is set (RTDetrV2AIFILayer.forward);
     # no published config sets it.
-    pos = None if cfg.eval_size is not None else sincos_position_embedding(H, W, C, cfg.positional_encoding_temperature)
+    pos = None if cfg.eval_size is not None else \
+        sincos_position_embedding(H, W, C, cfg.positional_encoding_temperature, x.dtype)   # [H*W, C]
     for layer in p["layers"]:
         tokens = encoder_layer(tokens, pos, layer, cfg.encoder_attention_heads, cfg.encoder_activation_function,
                                cfg.layer_norm_eps)

@@ -1,25 +1,17 @@
-"""Primitives: the handful of PyTorch ops RT-DETRv2 inference needs, as float32 NumPy functions.
+"""Primitives: the handful of PyTorch ops RT-DETRv2 inference needs, as NumPy functions.
 
-Each function names the PyTorch op it reproduces. All take and return float32 arrays; none promotes to float64.
-Layout is PyTorch's: images are [B, C, H, W] (NCHW), token sequences are [B, N, C].
+Each function names the PyTorch op it reproduces ([11] in the package's reference list). Every function keeps the
+dtype of its inputs: float32 data gives float32 results (as PyTorch computes them), float64 data float64. Constants
+are Python numbers, which NumPy >= 2 casts to the dtype of the array they meet (NEP 50), so none promotes float32
+to float64. Layout is PyTorch's: images are [B, C, H, W] (NCHW), token sequences are [B, N, C].
 
-Glossary of shape letters (used in every module of this package):
-    B      batch                          C, C_in, C_out  channels
-    H, W   height, width of a map         H_l, W_l        size of feature level l
-    Ho, Wo output height, width           KH, KW          kernel height, width
-    L      feature levels (3)             M               attention heads
-    D      head dim (C / M)               K_l             sampling points on level l;  K = sum_l K_l
-    Nq     object queries (300)           Nv              value tokens = sum_l H_l * W_l
-    N      tokens of a sequence           NC              classes (80 for COCO)
-    F      hidden width of an FFN
+Shape letters: the glossary in the package docstring (rtdetrv2_np/__init__.py).
 """
 
 import math
 
 import numpy as np
 import scipy.special
-
-f32 = np.float32
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -72,15 +64,21 @@ def conv2d(x, weight, bias=None, stride=1, padding=0):
     return out
 
 
-def batch_norm(x, p, eps=1e-5):
-    """Eval-mode torch.nn.BatchNorm2d / FrozenBatchNorm2d: y = x * scale + shift, per channel.
+def bn_scale_shift(p, eps=1e-5):
+    """Eval-mode BatchNorm2d as a per-channel affine map: (scale, shift), each [C].
 
-    x [B, C, H, W]; p holds weight, bias, running_mean, running_var [C]. eps 1e-5 is the PyTorch default, also
-    hard-coded in transformers' RTDetrV2FrozenBatchNorm2d. scale = w / sqrt(var + eps), shift = b - mean * scale,
-    the order FrozenBatchNorm2d uses.
+    p holds weight, bias, running_mean, running_var [C]. scale = w / sqrt(var + eps), shift = b - mean * scale, in
+    the order transformers' RTDetrV2FrozenBatchNorm2d uses ([5]). eps 1e-5: PyTorch's BatchNorm2d default, also
+    hard-coded in that class.
     """
-    scale = p["weight"] * (1.0 / np.sqrt(p["running_var"] + f32(eps)))          # [C]
+    scale = p["weight"] * (1 / np.sqrt(p["running_var"] + eps))                   # [C]
     shift = p["bias"] - p["running_mean"] * scale                                # [C]
+    return scale, shift
+
+
+def batch_norm(x, p, eps=1e-5):
+    """Eval-mode torch.nn.BatchNorm2d / FrozenBatchNorm2d: y = x * scale + shift per channel. x [B, C, H, W]."""
+    scale, shift = bn_scale_shift(p, eps)                                        # [C], [C]
     return x * scale[None, :, None, None] + shift[None, :, None, None]
 
 
@@ -92,26 +90,23 @@ def conv_bn(x, weight, bn, stride=1, padding=0, act=None, eps=1e-5):
     convolution ("BN folding"):
         BN(conv(x, W)) = conv(x, W * s) + (b - mean * s),   s = w / sqrt(var + eps)
     which saves two passes over the output. Equal to batch_norm(conv2d(x, W)) up to float32 rounding (~1e-7
-    relative; tests/test_nn.py checks it). The activation ("relu", "silu" or None) is applied in place.
+    relative; tests/test_nn.py checks it). The activation (see `activation_`) is applied in place.
     """
-    scale = bn["weight"] * (f32(1) / np.sqrt(bn["running_var"] + f32(eps)))      # [C_out]
-    shift = bn["bias"] - bn["running_mean"] * scale                              # [C_out]
+    scale, shift = bn_scale_shift(bn, eps)                                       # [C_out], [C_out]
     out = conv2d(x, weight * scale[:, None, None, None], shift, stride, padding)  # [B, C_out, Ho, Wo]
     return activation_(out, act)
 
 
-def activation_(x, act):
-    """Apply "relu", "silu" or None to x in place (x is an array this package just made) and return it."""
-    if act == "relu":
-        np.maximum(x, f32(0), out=x)
-    elif act == "silu":                                   # x * sigmoid(x) = x / (1 + exp(-x))
-        with np.errstate(over="ignore"):
-            t = np.exp(-x)
-        t += f32(1)
-        np.divide(x, t, out=x)
-    elif act is not None:
-        raise ValueError(f"activation_: unknown activation {act!r}")
-    return x
+def conv_norm(x, p, stride=1, act=None, eps=1e-5):
+    """A ConvNormLayer of the checkpoint: conv (no bias, padding (k-1)//2) -> BatchNorm -> activation.
+
+    p holds the convolution and its BatchNorm under the checkpoint's names: "conv" / "norm" in the hybrid encoder
+    ([5] RTDetrV2ConvNormLayer), "convolution" / "normalization" in the backbone ([5] RTDetrResNetConvLayer).
+    x [B, C_in, H, W] -> [B, C_out, Ho, Wo]; act as in `activation_`.
+    """
+    conv, norm = ("conv", "norm") if "conv" in p else ("convolution", "normalization")
+    w = p[conv]["weight"]                                                        # [C_out, C_in, k, k]
+    return conv_bn(x, w, p[norm], stride, (w.shape[-1] - 1) // 2, act, eps)      # [B, C_out, Ho, Wo]
 
 
 def max_pool2d(x, kernel=3, stride=2, padding=1):
@@ -153,36 +148,57 @@ def upsample_nearest2x(x):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Activations
+# Activations. Each takes out=: out=x computes in place, on an array this package has just made.
 # ----------------------------------------------------------------------------------------------------------------
 
-def relu(x):
-    """torch.nn.functional.relu."""
-    return np.maximum(x, f32(0))
+def relu(x, out=None):
+    """torch.nn.functional.relu: max(x, 0)."""
+    return np.maximum(x, 0, out=out)
 
 
 def sigmoid(x):
     """torch.sigmoid, written 1 / (1 + exp(-x)) so that +inf -> 1 and -inf -> 0 exactly (no inf/inf = NaN)."""
     with np.errstate(over="ignore"):
-        return f32(1) / (f32(1) + np.exp(-x))
+        return 1 / (1 + np.exp(-x))
 
 
-def silu(x):
-    """torch.nn.functional.silu: x * sigmoid(x)."""
-    return x * sigmoid(x)
+def silu(x, out=None):
+    """torch.nn.functional.silu: x * sigmoid(x), computed as x / (1 + exp(-x)) (one division, one temporary)."""
+    with np.errstate(over="ignore"):
+        t = np.exp(-x)
+    t += 1
+    return np.divide(x, t, out=out)
 
 
 def erf(x):
-    """Error function, float32 in and out (scipy.special.erf; NumPy has none)."""
+    """Error function in the dtype of x (scipy.special.erf; NumPy has none)."""
     return scipy.special.erf(x).astype(x.dtype, copy=False)
 
 
-def gelu(x):
-    """torch.nn.GELU() (the exact erf form, not the tanh approximation): 0.5 * x * (1 + erf(x / sqrt(2)))."""
-    return f32(0.5) * x * (f32(1) + erf(x * f32(1 / math.sqrt(2))))
+def gelu(x, out=None):
+    """torch.nn.GELU() (the exact erf form, not the tanh approximation): 0.5 * x * (1 + erf(x / sqrt(2))).
+
+    Computed as x * (0.5 * (1 + erf(x / sqrt(2)))): scaling by 0.5 is exact, so this equals the formula's order.
+    """
+    t = erf(x * (1 / math.sqrt(2)))
+    t += 1
+    t *= 0.5
+    return np.multiply(x, t, out=out)
 
 
-ACTIVATIONS = {"relu": relu, "silu": silu, "gelu": gelu, None: lambda x: x}
+def activation_(x, act):
+    """Apply the activation named `act` ("relu", "silu", "gelu" or None: the config's names) to x in place.
+
+    x must be an array this package has just made (a convolution's or linear layer's output). Returns x.
+    """
+    if act is None:
+        return x
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}; expected one of {sorted(ACTIVATIONS)}")
+    return ACTIVATIONS[act](x, out=x)
+
+
+ACTIVATIONS = {"relu": relu, "silu": silu, "gelu": gelu}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -202,7 +218,7 @@ def layer_norm(x, p, eps=1e-5):
     mean = x.mean(axis=-1, keepdims=True)                                        # [..., 1]
     xc = x - mean
     var = np.mean(xc * xc, axis=-1, keepdims=True)                               # [..., 1]
-    return xc / np.sqrt(var + f32(eps)) * p["weight"] + p["bias"]
+    return xc / np.sqrt(var + eps) * p["weight"] + p["bias"]
 
 
 def softmax(x, axis=-1):
@@ -216,7 +232,7 @@ def mlp(x, layers):
     for i, p in enumerate(layers):
         x = linear(x, p)
         if i < len(layers) - 1:
-            x = relu(x)
+            x = relu(x, out=x)
     return x
 
 
@@ -225,8 +241,8 @@ def inverse_sigmoid(x, eps=1e-5):
 
     eps 1e-5 is the reference default; it bounds the result to about +-11.513 for boxes at 0 or 1.
     """
-    x = np.clip(x, f32(0), f32(1))
-    return np.log(np.maximum(x, f32(eps)) / np.maximum(f32(1) - x, f32(eps)))
+    x = np.clip(x, 0, 1)
+    return np.log(np.maximum(x, eps) / np.maximum(1 - x, eps))
 
 
 def multi_head_attention(x_qk, x_v, p, num_heads):
@@ -240,8 +256,23 @@ def multi_head_attention(x_qk, x_v, p, num_heads):
     q = linear(x_qk, p["q_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)   # [B, M, N, D]
     k = linear(x_qk, p["k_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)   # [B, M, N, D]
     v = linear(x_v, p["v_proj"]).reshape(B, N, num_heads, D).transpose(0, 2, 1, 3)    # [B, M, N, D]
-    scores = np.matmul(q, k.transpose(0, 1, 3, 2)) * f32(D ** -0.5)              # [B, M, N, N]
+    scores = np.matmul(q, k.transpose(0, 1, 3, 2)) * D ** -0.5                   # [B, M, N, N]
     attn = softmax(scores, axis=-1)                                              # [B, M, N, N]
     out = np.matmul(attn, v)                                                     # [B, M, N, D]
     out = out.transpose(0, 2, 1, 3).reshape(B, N, C)                             # [B, N, C]
     return linear(out, p["out_proj"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Selection
+# ----------------------------------------------------------------------------------------------------------------
+
+def topk(scores, k):
+    """Indices of torch.topk(scores, k, dim=-1, largest=True, sorted=True), ties broken by the lower index.
+
+    scores [..., N] -> [..., k] (int). A stable descending sort: equal scores keep index order (torch.topk leaves
+    their order unspecified, so on exact ties the two may differ). NaN ranks first, as in torch.topk (here tied
+    with +inf).
+    """
+    key = np.where(np.isnan(scores), -np.inf, -scores)                           # [..., N] ascending = descending
+    return np.argsort(key, axis=-1, kind="stable")[..., :k]                      # [..., k]

@@ -22,43 +22,32 @@ Only this local copy of memory is masked; the decoder's cross-attention reads th
 
 import numpy as np
 
-from .nn import layer_norm, linear, mlp, sigmoid
-
-f32 = np.float32
+from .nn import layer_norm, linear, mlp, sigmoid, topk
 
 ANCHOR_SIZE = 0.05        # grid_size: anchor w = h = 0.05 * 2^l on level l ([2] App. A.4; [hf] generate_anchors)
 VALID_EPS = 0.01          # anchors with any coordinate outside (0.01, 0.99) are invalid ([4] _generate_anchors eps)
-INVALID = np.finfo(np.float32).max  # transformers' fill for invalid anchors (the official code uses +inf);
-                                    # either way sigmoid gives exactly 1, a (1, 1, 1, 1) box
 
 
-def generate_anchors(spatial_shapes):
+def generate_anchors(spatial_shapes, dtype=np.float32):
     """Anchor boxes in logit space for every position of every level, and their validity.
 
-    spatial_shapes: list of (H_l, W_l). Returns anchors [Nv, 4] float32 = logit(cx, cy, w, h) with
+    spatial_shapes: list of (H_l, W_l). Returns anchors [Nv, 4] of `dtype` = logit(cx, cy, w, h) with
     cx = (x + 0.5) / W_l, cy = (y + 0.5) / H_l, w = h = 0.05 * 2^l (row-major per level, levels fine to coarse),
-    INVALID where not valid; valid [Nv] bool. All arithmetic in float32 in transformers' order.
+    and the dtype's largest finite number where not valid (transformers' fill, torch.finfo(dtype).max; the
+    official code uses +inf; either way sigmoid gives exactly 1, a (1, 1, 1, 1) box); valid [Nv] bool. All
+    arithmetic in `dtype` (float32, as the reference) in transformers' order.
     """
     boxes = []
     for l, (H, W) in enumerate(spatial_shapes):
-        y, x = np.meshgrid(np.arange(H, dtype=f32), np.arange(W, dtype=f32), indexing="ij")   # [H_l, W_l]
-        cx = (x + f32(0.5)) / f32(W)
-        cy = (y + f32(0.5)) / f32(H)
-        wh = np.full_like(cx, f32(ANCHOR_SIZE) * f32(2.0 ** l))
+        y, x = np.meshgrid(np.arange(H, dtype=dtype), np.arange(W, dtype=dtype), indexing="ij")   # [H_l, W_l]
+        cx = (x + 0.5) / W
+        cy = (y + 0.5) / H
+        wh = np.full_like(cx, ANCHOR_SIZE * 2 ** l)
         boxes.append(np.stack([cx, cy, wh, wh], axis=-1).reshape(H * W, 4))       # [H_l*W_l, 4]
     a = np.concatenate(boxes, axis=0)                                             # [Nv, 4]
-    valid = np.all((a > f32(VALID_EPS)) & (a < f32(1 - VALID_EPS)), axis=-1)      # [Nv]
-    logits = np.log(a / (f32(1) - a))                                             # [Nv, 4]
-    return np.where(valid[:, None], logits, f32(INVALID)).astype(f32), valid
-
-
-def topk_indices(scores, k):
-    """Indices of the k largest scores per row, descending; ties keep the lower index first (a stable sort).
-
-    scores [B, N] -> [B, k]. torch.topk leaves the order of equal values unspecified, so on exact ties the two may
-    differ; the decoder treats its queries as a set (it is permutation-equivariant), so only the set matters.
-    """
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]                      # [B, k]
+    valid = np.all((a > VALID_EPS) & (a < 1 - VALID_EPS), axis=-1)               # [Nv]
+    logits = np.log(a / (1 - a))                                                  # [Nv, 4]
+    return np.where(valid[:, None], logits, np.finfo(dtype).max), valid
 
 
 def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None):
@@ -67,12 +56,14 @@ def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None)
     p is params["model"] (enc_output, enc_score_head, enc_bbox_head). If `trace` is a dict the intermediates go in
     it under "anchors", "valid_mask", "enc_logits", "enc_coord_logits", "topk_index", "reference_boxes", "target".
     """
-    anchors, valid = generate_anchors(spatial_shapes)                             # [Nv, 4], [Nv]
-    masked = memory * valid[None, :, None].astype(f32)                            # [B, Nv, C]
+    anchors, valid = generate_anchors(spatial_shapes, memory.dtype)               # [Nv, 4], [Nv]
+    masked = memory * valid[None, :, None].astype(memory.dtype)                   # [B, Nv, C]
     out = layer_norm(linear(masked, p["enc_output"][0]), p["enc_output"][1], eps)  # [B, Nv, C]
     enc_logits = linear(out, p["enc_score_head"])                                 # [B, Nv, NC]
     enc_coord_logits = mlp(out, p["enc_bbox_head"]["layers"]) + anchors           # [B, Nv, 4]
-    index = topk_indices(enc_logits.max(axis=-1), num_queries)                    # [B, Nq]
+    # ranked by a stable sort: equal scores keep index order, where torch.topk's order is unspecified; the
+    # decoder treats its queries as a set (it is permutation-equivariant), so only the set matters
+    index = topk(enc_logits.max(axis=-1), num_queries)                            # [B, Nq]
     target = np.take_along_axis(out, index[:, :, None], axis=1)                   # [B, Nq, C]
     reference_boxes = sigmoid(np.take_along_axis(enc_coord_logits, index[:, :, None], axis=1))  # [B, Nq, 4]
     if trace is not None:

@@ -1,17 +1,18 @@
-"""Official lyuwenyu/RT-DETR checkpoints to the Hugging Face hub's tensor names, without torch.
+"""Official lyuwenyu/RT-DETR [4] checkpoints to the Hugging Face hub's tensor names [5], without torch.
 
 An official `.pth` (read by pth.load_pth: `ema.module`, else `model`) holds the tensors of the official model
 ([4] rtdetrv2_pytorch/src/nn/backbone/presnet.py, src/zoo/rtdetr/hybrid_encoder.py, rtdetrv2_decoder.py) under
 its own names. The explicit rule table RULES maps each onto the hub name transformers uses (the same renaming as
-transformers' convert_rt_detr_v2_weights_to_hf.py); `infer_config` reads the architecture off the tensors' shapes
+transformers' convert_rt_detr_v2_weights_to_hf.py [5]); `infer_config` reads the architecture off the tensors' shapes
 when no config.json is given; `load_official` does both and checks the result (weights.check_and_clean).
 
 Decisions, and where the official model and transformers differ:
     * decoder.anchors / decoder.valid_mask: the official model loads them from the checkpoint (persistent
-      buffers, [orig] rtdetrv2_decoder.py `_generate_anchors` at eval_spatial_size); transformers and this package
-      recompute them from the input size. All releases were trained with an EMA of every float entry of the state
-      dict, buffers included, which lets such constants drift by float32 rounding (architecture_notes §9.3). We
-      RECOMPUTE, so that a converted model computes what transformers computes, and the converter prints how far
+      buffers, [4] rtdetrv2_decoder.py `_generate_anchors` at eval_spatial_size); transformers and this package
+      recompute them from the input size. All released configs train with `use_ema: True` ([4]
+      configs/rtdetrv2/include/optimizer.yml), and [4] src/optim/ema.py `ModelEMA.update` blends every
+      floating-point entry of the state dict, buffers included (v = d * v + (1 - d) * v_model, in float32), so
+      such constants drift by float32 rounding (powers of two such as 1/K_l = 0.25 stay exact). We RECOMPUTE, so that a converted model computes what transformers computes, and the converter prints how far
       the checkpoint's anchors are from the recomputed ones (`compare_anchors`) for information.
     * r50vd_m: the official config stops the decoder after layer 2 of 6 (eval_idx 2); the converted config keeps
       that as decoder_eval_idx = 2 (transformers has no such field and would run all six; see decoder.py).
@@ -39,7 +40,7 @@ from .weights import check_and_clean, read_config
 # the groups, action). Actions: RENAME (one tensor), SPLIT_QKV (the fused nn.MultiheadAttention in_proj [3d, ...]
 # split by rows into q_proj, k_proj, v_proj: rows [0:d], [d:2d], [2d:3d]; the template holds "{qkv}"), DROP (not
 # needed for inference), ASIDE (decoder.anchors / valid_mask: compared, not kept). The first matching rule wins.
-# Sources: [orig] lyuwenyu/RT-DETR rtdetrv2_pytorch/src (presnet.py, hybrid_encoder.py, rtdetrv2_decoder.py);
+# Sources: [4] lyuwenyu/RT-DETR rtdetrv2_pytorch/src (presnet.py, hybrid_encoder.py, rtdetrv2_decoder.py);
 # hub names: transformers 4.x RTDetrV2ForObjectDetection as saved in PekingU/rtdetr_v2_* (weights.expected_shapes).
 RENAME, SPLIT_QKV, DROP, ASIDE = "rename", "split_qkv", "drop", "aside"
 BB = "model.backbone.model"
@@ -49,7 +50,7 @@ RULES = [
     # Anchors and their validity mask, persistent buffers of the official decoder; recomputed here (module doc).
     (r"decoder\.(anchors|valid_mask)", None, ASIDE),
 
-    # --- Backbone: PResNet variant d ([orig] presnet.py) -> RTDetrResNetBackbone. ConvNormLayer(conv, norm) becomes
+    # --- Backbone: PResNet variant d ([4] presnet.py) -> RTDetrResNetBackbone. ConvNormLayer(conv, norm) becomes
     # RTDetrResNetConvLayer(convolution, normalization) throughout.
     # Deep stem conv1_1, conv1_2, conv1_3 -> embedder.0, 1, 2.
     (r"backbone\.conv1\.conv1_1\.conv\.weight", BB + r".embedder.embedder.0.convolution.weight", RENAME),
@@ -83,7 +84,7 @@ RULES = [
     (r"backbone\.res_layers\.(\d+)\.blocks\.(\d+)\.short\.norm\.(\w+)",
      BB + r".encoder.stages.\1.layers.\2.shortcut.normalization.\3", RENAME),
 
-    # --- Hybrid encoder ([orig] hybrid_encoder.py) -> RTDetrV2HybridEncoder.
+    # --- Hybrid encoder ([4] hybrid_encoder.py) -> RTDetrV2HybridEncoder.
     # Input projections Sequential(conv, norm) -> model.encoder_input_proj.{i}.{0, 1} (moved out of the encoder).
     (r"encoder\.input_proj\.(\d+)\.conv\.weight", r"model.encoder_input_proj.\1.0.weight", RENAME),
     (r"encoder\.input_proj\.(\d+)\.norm\.(\w+)", r"model.encoder_input_proj.\1.1.\2", RENAME),
@@ -105,7 +106,7 @@ RULES = [
     # bottlenecks.{j}.conv1/conv2).
     (r"encoder\.((?:lateral_convs|downsample_convs|fpn_blocks|pan_blocks)\.[\w.]+)", r"model.encoder.\1", RENAME),
 
-    # --- Decoder ([orig] rtdetrv2_decoder.py RTDETRTransformerv2) -> RTDetrV2Model / RTDetrV2Decoder.
+    # --- Decoder ([4] rtdetrv2_decoder.py RTDETRTransformerv2) -> RTDetrV2Model / RTDetrV2Decoder.
     # Input projections Sequential(conv, norm) -> model.decoder_input_proj.{i}.{0, 1}.
     (r"decoder\.input_proj\.(\d+)\.conv\.weight", r"model.decoder_input_proj.\1.0.weight", RENAME),
     (r"decoder\.input_proj\.(\d+)\.norm\.(\w+)", r"model.decoder_input_proj.\1.1.\2", RENAME),
@@ -231,7 +232,7 @@ def describe(tensors, source="<state dict>"):
     )
     d["hidden_expansion"] = _shape(tensors, "model.encoder.fpn_blocks.0.conv1.conv.weight", source)[0] \
         / d["encoder_hidden_dim"]
-    # Points per level from the 1/K_l buffer ([orig] MSDeformableAttention.num_points_scale): K_l entries of 1/K_l.
+    # Points per level from the 1/K_l buffer ([4] MSDeformableAttention.num_points_scale): K_l entries of 1/K_l.
     scale = np.asarray(tensors.get("model.decoder.layers.0.encoder_attn.n_points_scale", []), dtype=np.float64)
     n_points, i = [], 0
     while i < len(scale) and scale[i] > 0:

@@ -412,7 +412,7 @@ def plot_query_selection(stages, spatial_shapes, image=None, batch=0, title=None
 
     stages: the trace dict (enc_logits [B, Nv, NC], topk_index [B, Nq], valid_mask [Nv]). spatial_shapes: [(H_l,
     W_l)] of the levels (fine to coarse, as the tokens are concatenated). image: optional, drawn under the heat map.
-    The score ranked is max_c enc_logits ([1] §4.3; [hf] RTDetrV2Model.forward). Positions whose anchor is invalid
+    The score ranked is max_c enc_logits ([1] §4.3; [5] RTDetrV2Model.forward). Positions whose anchor is invalid
     (centre within 1% of the border or box too large) see zeroed memory; they are hatched. White dots: the
     selected positions; the panel title counts them per level.
     """

@@ -26,7 +26,8 @@ Boxes are bit-exact (pure float32 elementwise arithmetic, as in torch).
 Also the COCO mapping of the 80 contiguous labels to COCO category ids (original `src/data/dataset/
 coco_dataset.py::mscoco_label2category`), used for COCO-format results.
 
-[1] RT-DETR, arXiv 2304.08069. Shape letters: see the glossary in nn.py (B batch, Nq queries, NC classes; n kept).
+[1] RT-DETR; references and the glossary of shape letters: the package docstring, rtdetrv2_np/__init__.py (B batch,
+Nq queries, NC classes; n kept).
 """
 
 import numpy as np

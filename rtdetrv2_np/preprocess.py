@@ -29,7 +29,7 @@ The 1/255: the reference computes float64(k) * (1/255) and casts to float32. For
 float32 division float32(k) / float32(255) (checked for all 256 values in the tests), which is also what the
 original's ToTensor computes; the float32 MULTIPLICATION k * float32(1/255) differs by 1 ulp for 126 of the 256.
 
-Shape letters: see the glossary in nn.py (B batch, H, W height and width).
+Shape letters: the glossary in the package docstring, rtdetrv2_np/__init__.py (B batch, H, W height and width).
 """
 
 import os

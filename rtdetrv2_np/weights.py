@@ -1,9 +1,12 @@
 """Weights: the tensor names a checkpoint must hold, and turning a flat {name: array} into the params tree.
 
-Names are those of the Hugging Face hub files (`model.safetensors` of PekingU/rtdetr_v2_*, written with
-transformers 4.x names; see ../shared/reference/hf_keys_r18vd.txt and architecture_notes §8.2), so a reader can grep
-transformers' modeling_rt_detr_v2.py with the same strings. transformers 5.x renames some of them while loading
-(out_proj -> o_proj, fc1 -> mlp.fc1, encoder.encoder -> encoder.aifi); files keep the 4.x names, and so do we.
+Names are those of the Hugging Face hub files (`model.safetensors` of PekingU/rtdetr_v2_*), as transformers'
+convert_rt_detr_v2_weights_to_hf.py [5] wrote them with transformers 4.x names: the official names renamed, the
+fused attention in_proj split into q/k/v_proj, the anchors and num_batches_tracked counters dropped; transformers
+adds back a counter for each BatchNorm outside the frozen backbone (the r18vd file holds 529 tensors, 46 counters).
+A reader can grep transformers' modeling_rt_detr_v2.py with the same strings. transformers 5.x renames some of them
+while loading ([5] conversion_mapping.py: out_proj -> o_proj, fc1 -> mlp.fc1, encoder.encoder -> encoder.aifi);
+files keep the 4.x names, and so do we. References [n]: the package docstring.
 
 The params tree mirrors the names: "model.decoder.layers.0.fc1.weight" becomes
 params["model"]["decoder"]["layers"][0]["fc1"]["weight"] (numbered parts become list items).
@@ -35,7 +38,7 @@ def expected_shapes(cfg):
         s[f"{prefix}.{conv}.weight"] = (c_out, c_in, k, k)
         bn(f"{prefix}.{norm}", c_out)
 
-    # Backbone: ResNet-vd ([hf5] models/rt_detr/modeling_rt_detr_resnet.py)
+    # Backbone: ResNet-vd ([5] models/rt_detr/modeling_rt_detr_resnet.py)
     bb = "model.backbone.model"
     e = cfg.embedding_size
     for i, (c_out, c_in) in enumerate([(e // 2, 3), (e // 2, e // 2), (e, e // 2)]):
@@ -124,7 +127,7 @@ def check_and_clean(tensors, cfg, source):
     """Validate a flat {name: array} against the architecture; return float32 arrays under hub names.
 
     Accepted and dropped: num_batches_tracked (int64 counters), the top-level class_embed/bbox_embed copies that
-    transformers ties to model.decoder.* (architecture_notes §8.3). Anything missing, unexpected or mis-shaped
+    transformers ties to model.decoder.* ([5] RTDetrV2ForObjectDetection._tied_weights_keys). Anything missing, unexpected or mis-shaped
     raises RTDetrError naming the tensor and the file.
     """
     want = expected_shapes(cfg)

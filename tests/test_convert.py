@@ -33,7 +33,9 @@ PTH_FIXTURES = ROOT / "tests" / "fixtures" / "pth"
 # order differ by ~1e-6 here (measured <= 1e-6); 1e-4 is the package's bound for final logits and boxes (see
 # test_model.py) and is far below what one wrongly mapped tensor does (O(0.1) and more).
 OUTPUT_ATOL = 1e-4
-# Official key counts of the released checkpoints, architecture_notes §8.1; hub key count of r18vd, §0.
+# State-dict key counts of the official models of the five released configurations (lyuwenyu/RT-DETR
+# rtdetrv2_pytorch at 068dfde, num_batches_tracked and the anchor buffers included), as listed by
+# tools/make_official_pth.py --official-src in tests/fixtures/official/official_keys.json.gz.
 OFFICIAL_KEY_COUNTS = {"r18vd": 538, "r34vd": 665, "r50vd_m": 768, "r50vd": 744, "r101vd": 999}
 
 

@@ -288,27 +288,30 @@ def test_module_parameter_layout():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# 5. dtype: float32 in, float32 out, everywhere
+# 5. dtype: float32 in, float32 out; float64 in, float64 out (constants take the data's dtype, NumPy >= 2)
 # ----------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("method", METHODS)
-def test_float32_everywhere(method):
-    value, loc, weights = random_inputs()
+def test_dtype_is_kept(method, dtype):
+    value, loc, weights = (a.astype(dtype) for a in random_inputs())
     value_l = value[:, :24, 0].reshape(2, 6, 4, 3)                                     # [N, H, W, D]
     loc_l = loc[:, :, 0, :3].reshape(2, 15, 2)                                         # [N, P, 2]
-    box = np.array([[[0.5, 0.5, 0.2, 0.3]] * 5] * 2, dtype=f32)                        # [B, Nq, 4]
+    box = np.array([[[0.5, 0.5, 0.2, 0.3]] * 5] * 2, dtype=dtype)                      # [B, Nq, 4]
     results = {
-        "points_scale": points_scale(N_POINTS),
+        "points_scale": points_scale(N_POINTS, dtype),
         "sampling_locations": sampling_locations(box, loc, N_POINTS),
         "sample": {"bilinear": sample_bilinear, "discrete": sample_discrete}[method](value_l, loc_l),
         "core": deformable_attention_core(value, SHAPES, loc, weights, N_POINTS, method),
         "loop": deformable_attention_core_loop(value, SHAPES, loc, weights, N_POINTS, method),
     }
     rng = np.random.default_rng(0)
-    p = random_params(rng, 6, 2, sum(N_POINTS))
-    query = rng.standard_normal((2, 5, 6)).astype(f32)
-    memory = rng.standard_normal((2, sum(h * w for h, w in SHAPES), 6)).astype(f32)
+    p = {k: {n: a.astype(dtype) for n, a in lin.items()} for k, lin in random_params(rng, 6, 2, sum(N_POINTS)).items()}
+    query = rng.standard_normal((2, 5, 6)).astype(dtype)
+    memory = rng.standard_normal((2, sum(h * w for h, w in SHAPES), 6)).astype(dtype)
     out, loc_out, w_out = multiscale_deformable_attention(p, query, box, memory, SHAPES, 2, N_POINTS, 0.5, method)
     results.update({"module out": out, "module loc": loc_out, "module weights": w_out})
     for name, r in results.items():
-        assert r.dtype == np.float32, f"{name} returned {r.dtype}"
+        assert r.dtype == dtype, f"{name} returned {r.dtype}"
+    # the oracle's promise holds in float64 too: the same operations in the same order
+    assert_close(results["core"], results["loop"], 0.0, f"core vs loop oracle in {np.dtype(dtype).name} ({method})")

@@ -2,7 +2,7 @@
 
 Run with the reference environment (it has huggingface_hub), from the repository root:
 
-    /work/venv-ref/bin/python tools/check_hub_interop.py
+    venv-ref/bin/python tools/check_hub_interop.py
 
 It starts tests/fake_hub.py on 127.0.0.1 (no internet), then
   1. downloads config.json and model.safetensors with huggingface_hub.hf_hub_download into cache A and with

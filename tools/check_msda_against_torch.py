@@ -1,7 +1,7 @@
 """Compare rtdetrv2_np.model.deformable_attention with transformers' RT-DETRv2 deformable attention on random inputs.
 
 Run with the reference environment (torch + transformers), from anywhere:
-    /work/venv-ref/bin/python tools/check_msda_against_torch.py
+    venv-ref/bin/python tools/check_msda_against_torch.py
 
 Not a test: the test suite never needs torch. Prints one line per case with the max abs difference and OK / NOT OK.
 Checked:

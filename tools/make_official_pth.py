@@ -2,13 +2,14 @@
 
 Run in the reference environment (torch; tools/README.md), from the repository root:
 
-    /work/venv-ref/bin/python tools/make_official_pth.py [--official-src PATH/TO/RT-DETR/rtdetrv2_pytorch]
+    venv-ref/bin/python tools/make_official_pth.py [--official-src PATH/TO/RT-DETR/rtdetrv2_pytorch]
 
 What it writes into tests/fixtures/official/ (each file to a temp file, then os.replace):
     tiny_basic/tiny_basic.pth, tiny_bottleneck/tiny_bottleneck.pth
         The recorded tiny reference models (tests/fixtures/reference/<case>/model.safetensors, the hub names
         transformers loaded) renamed to the official names by HF_TO_OFFICIAL below, which is written here from
-        architecture_notes §8.2 independently of rtdetrv2_np/convert.py, so that converting these files back is a
+        transformers' convert_rt_detr_v2_weights_to_hf.py (the official -> hub renaming that made the PekingU hub
+        files, read right to left) independently of rtdetrv2_np/official.py, so that converting these files back is a
         real test of the converter and not a round trip through one table. Saved as the official training code
         saves (src/solver/_solver.py::state_dict): {"date", "last_epoch", "ema": {"module": SD, "updates": 1}}.
         SD also has what an official state dict has and the hub files do not: int64 `num_batches_tracked` of every
@@ -17,7 +18,9 @@ What it writes into tests/fixtures/official/ (each file to a temp file, then os.
         recorded input size (official `_generate_anchors` at eval_spatial_size = [H, W], +inf where invalid).
         In tiny_bottleneck the anchors are put through the official EMA update (src/optim/ema.py ModelEMA.update,
         decay 0.9999 with the 2000-step warm-up) for EMA_STEPS steps against their own constant value, as happens
-        to every float buffer during training (architecture_notes §9.3), so they drift by float32 rounding and
+        to every float buffer during training (ModelEMA.update blends every floating-point entry of the state
+        dict, buffers included; configs/rtdetrv2/include/optimizer.yml sets use_ema: True), so they drift by
+        float32 rounding and
         the converter's anchor report has a difference to show.
     tiny_basic/config.json, tiny_bottleneck/config.json
         Copies of the reference config.json: the tiny architectures are not published ones, so their shape cannot
@@ -62,8 +65,8 @@ OUT = os.path.join(ROOT, "tests", "fixtures", "official")
 CASES = {"tiny_basic": {"ema_drift": False}, "tiny_bottleneck": {"ema_drift": True}}   # input size: meta.json
 EMA_STEPS = 100_000          # about 14 epochs of COCO at batch 16; the released models ran 120 epochs or more
 
-# hub name (transformers 4.x, as in PekingU/rtdetr_v2_*) -> official name, one regex per row of
-# architecture_notes §8.2 (read right to left). "{qkv}" rows are the q/k/v projections the official code fuses into
+# hub name (transformers 4.x, as in PekingU/rtdetr_v2_*) -> official name, one regex per renaming of transformers'
+# convert_rt_detr_v2_weights_to_hf.py (read right to left). "{qkv}" rows are the q/k/v projections the official code fuses into
 # one in_proj ([q; k; v] by rows). The first matching row wins.
 B = r"model\.backbone\.model\."
 HF_TO_OFFICIAL = [

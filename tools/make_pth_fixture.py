@@ -2,7 +2,7 @@
 
 Run with the reference environment (torch), from the repository root:
 
-    /work/venv-ref/bin/python tools/make_pth_fixture.py
+    venv-ref/bin/python tools/make_pth_fixture.py
 
 Files (each written to a temp file, then os.replace):
     ema.pth          {"ema": {"module": SD, "updates": 7}, "model": SD_OTHER, "optimizer": {...},

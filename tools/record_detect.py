@@ -2,7 +2,7 @@
 
 Run in the reference environment (torch 2.13 + transformers 5.24; tools/README.md), from the repository root:
 
-    /work/venv-ref/bin/python tools/record_detect.py
+    venv-ref/bin/python tools/record_detect.py
 
 Pipeline, as a transformers user runs it (the transformers documentation's object-detection example):
     image = transformers.image_utils.load_image(path)                          # PIL, EXIF-transposed, RGB

@@ -10,7 +10,7 @@ method is the same code). Inputs are generated here, seeded, and stored with the
 
 Run with the reference environment, from the repository root:
 
-    /work/venv-ref/bin/python tools/record_postprocess.py
+    venv-ref/bin/python tools/record_postprocess.py
 
 Writes tests/fixtures/postprocess/reference.npz (temp file + os.replace). The package never imports this file.
 """

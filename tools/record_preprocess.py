@@ -8,7 +8,7 @@ imports `RTDetrImageProcessorPil` directly.
 
 Run with the reference environment (torch + transformers), from the repository root:
 
-    /work/venv-ref/bin/python tools/record_preprocess.py
+    venv-ref/bin/python tools/record_preprocess.py
 
 It writes, under tests/fixtures/preprocess/ (each file to a temp file first, then os.replace):
     inputs/*            small generated images of unusual modes (P, LA, RGBA, CMYK, I;16, L, 1, EXIF-rotated JPEG)

@@ -57,7 +57,10 @@ from rtdetrv2_np.weights import expected_shapes  # noqa: E402
 
 FIXTURES = REPO / "tests" / "fixtures" / "reference"
 IMAGES = {"cats": "tests/data/coco_000000039769.png", "4016": "tests/data/coco_000000004016.png"}
-HF_KEYS_R18VD = Path("/work/shared/reference/hf_keys_r18vd.txt")   # the names of the published r18vd hub file
+# The published r18vd hub file (PekingU/rtdetr_v2_r18vd model.safetensors), to hold save_pretrained's names, shapes
+# and dtypes against: optional, given as --hub-r18vd PATH or in this environment variable, either the file itself
+# or a listing of it (one "name<TAB>[shape]<TAB>dtype" line per tensor, dtype as safetensors writes it: F32, I64).
+HUB_R18VD_ENV = "RTDETR_HUB_R18VD"
 
 N_SUMMARY = 1024        # flat positions sampled per summarised array (with per-channel means: enough to
                         # catch a wrong op, small enough to keep all fixtures at a few MB)
@@ -187,13 +190,27 @@ def load_checked(path):
                    "other_missing": 0, "unexpected": 0, "mismatched": 0}
 
 
-def check_saved(model, params, check_hub_names=False):
+def hub_tensor_list(path):
+    """{name: ([shape], dtype)} of a .safetensors file (read from its JSON header) or of a listing of one."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        return {k: (v["shape"], v["dtype"]) for k, v in header.items() if k != "__metadata__"}
+    out = {}
+    for line in path.read_text().splitlines():
+        name, shape, dtype = line.split("\t")
+        out[name] = (json.loads(shape), dtype)
+    return out
+
+
+def check_saved(model, params, hub_r18vd=None):
     """save_pretrained must write back exactly our names (+ the num_batches_tracked counters), bit-identical.
 
     This shows every tensor of our file reached the model unchanged (no re-initialisation, no silent tying). The
     top-level class_embed / bbox_embed must be tied to model.decoder.* (RTDetrV2ForObjectDetection._tied_weights_keys)
-    and are therefore not written. With check_hub_names the names, shapes and dtypes must also equal those of the
-    published r18vd hub file (HF_KEYS_R18VD, 529 names including num_batches_tracked).
+    and are therefore not written. With hub_r18vd (a path, see HUB_R18VD_ENV) the names, shapes and dtypes must
+    also equal those of the published r18vd hub file (529 tensors including 46 num_batches_tracked).
     """
     for i in range(len(model.class_embed)):
         assert model.class_embed[i].weight.data_ptr() == model.model.decoder.class_embed[i].weight.data_ptr()
@@ -211,15 +228,12 @@ def check_saved(model, params, check_hub_names=False):
         raise SystemExit(f"tensors changed between our file and the loaded model: {changed[:5]}")
     check = {"save_pretrained_names_equal_ours": True, "values_unchanged": True,
              "saved_num_batches_tracked": len(saved) - len(names)}
-    if check_hub_names:
-        hub = {}
-        for line in HF_KEYS_R18VD.read_text().splitlines():
-            name, shape, dtype = line.split("\t")
-            hub[name] = (json.loads(shape), dtype)
+    if hub_r18vd:
+        hub = hub_tensor_list(hub_r18vd)
         ours = {k: (list(v.shape), {"float32": "F32", "int64": "I64"}[str(v.dtype)]) for k, v in saved.items()}
         if ours != hub:
             diff = sorted(k for k in set(ours) | set(hub) if ours.get(k) != hub.get(k))
-            raise SystemExit(f"save_pretrained r18vd names/shapes differ from {HF_KEYS_R18VD}: {diff[:10]}")
+            raise SystemExit(f"save_pretrained r18vd names/shapes differ from {hub_r18vd}: {diff[:10]}")
         check["equal_to_hub_r18vd_key_list"] = f"{len(hub)} names, shapes and dtypes"
     return check
 
@@ -449,7 +463,7 @@ def select_arrays(rec, store, whole_logits):
 # One case
 # ---------------------------------------------------------------------------------------------------------------
 
-def record_case(name, out_root=FIXTURES):
+def record_case(name, out_root=FIXTURES, hub_r18vd=None):
     variant, _, image_keys, size, store = CASES[name]
     cfg = case_config(name)
     pixel_values = load_pixels(image_keys, size)
@@ -470,7 +484,7 @@ def record_case(name, out_root=FIXTURES):
             print(f"[{name}] seed {seed}: boundary gap {np.array2string(sel['topk_boundary_gap'], precision=5)}"
                   f", invalid-anchor margin {sel['invalid_anchor_margin']}", flush=True)
             if gap_ok and inv_ok:
-                load_check.update(check_saved(model, params, check_hub_names=(variant == "r18vd")))
+                load_check.update(check_saved(model, params, hub_r18vd if variant == "r18vd" else None))
                 break
             del model
     else:
@@ -560,6 +574,9 @@ def main(argv=None):
     ap.add_argument("--case", action="append", default=[], help="record this case (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the cases")
     ap.add_argument("--out", default=str(FIXTURES), help="fixture root (default tests/fixtures/reference)")
+    ap.add_argument("--hub-r18vd", default=os.environ.get(HUB_R18VD_ENV),
+                    help="PekingU/rtdetr_v2_r18vd's model.safetensors, or a listing of its tensors: also check the "
+                         f"r18vd cases' names, shapes and dtypes against it (default: ${HUB_R18VD_ENV}; unset: skip)")
     args = ap.parse_args(argv)
     if args.list:
         for k, (variant, _, imgs, size, store) in CASES.items():
@@ -575,7 +592,7 @@ def main(argv=None):
     os.chdir(REPO)
     summary = []
     for n in names:
-        meta = record_case(n, args.out)
+        meta = record_case(n, args.out, args.hub_r18vd)
         summary.append((n, meta["seed"], meta["topk_boundary_gap"]))
     print("\ncase                   seed  topk boundary gap(s)")
     for n, seed, gap in summary:

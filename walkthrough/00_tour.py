@@ -121,9 +121,9 @@ plotting.plot_detections(image, detections, model.id2label, max_detections=6, **
 #  logits [B, 300, 80], pred_boxes [B, 300, 4]  →  post-processing (notebook 05)
 # ```
 #
-# Shape letters (the glossary in `rtdetrv2_np/model/nn.py`): B batch, C channels, H_l × W_l the size of level l,
-# L levels (3), M heads (8), D head dim (C/M = 32), K_l sampling points on level l, Nq queries (300),
-# Nv value tokens (Σ H_l·W_l), NC classes (80).
+# Shape letters (the glossary in the package docstring, `rtdetrv2_np/__init__.py`): B batch, C channels,
+# H_l × W_l the size of level l, L levels (3), M heads (8), D head dim (C/M = 32), K_l sampling points on level l,
+# Nq queries (300), Nv value tokens (Σ H_l·W_l), NC classes (80).
 #
 # `model.trace` runs the same forward pass and keeps every intermediate by name:
 

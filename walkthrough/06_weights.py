@@ -26,8 +26,8 @@
 # 4. save a model and load it back, checking that nothing changed.
 #
 # **References.** transformers `models/rt_detr_v2/modeling_rt_detr_v2.py` (the names) and
-# `convert_rt_detr_v2_weights_to_hf.py` (the official → hub mapping); `/work/shared/reference/architecture_notes.md`
-# §8 in the project's shared notes; the safetensors format (a JSON header of names, dtypes, shapes and offsets,
+# `convert_rt_detr_v2_weights_to_hf.py` (the official → hub mapping); `conversion_mapping.py` (the 5.x renames);
+# the package docstring's reference list; the safetensors format (a JSON header of names, dtypes, shapes and offsets,
 # then the raw bytes).
 #
 # Code: `rtdetrv2_np/weights.py` (`expected_shapes`, `check_and_clean`, `params_tree`), `loading.py`

@@ -1,16 +1,17 @@
 """The RT-DETRv2 decoder: 3-6 layers of self-attention, multi-scale deformable cross-attention and FFN, each layer
 refining the boxes of the previous one.
 
-References
-    [1] Zhao et al., RT-DETR, arXiv 2304.08069, §4.1 (decoder with auxiliary prediction heads), §4.3.
-    [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §3 Eq. (3) (deformable cross-attention), App. A.4
-        "iterative bounding box refinement": b_d = sigmoid(Delta_d + sigmoid^-1(b_{d-1})).
-    [3] Lv et al., RT-DETRv2, arXiv 2407.17140, §3 (distinct points per level, discrete sampling).
-    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`TransformerDecoderLayer`,
-        `TransformerDecoder`, `RTDETRTransformerv2`).
-    [hf] transformers RTDetrV2DecoderLayer / RTDetrV2Decoder, whose names we use.
+Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
+    [1] §4.1: the Transformer decoder with auxiliary prediction heads.
+    [2] §4.1 Eq. (3): the deformable cross-attention (deformable_attention.py); §4.2 and App. A.4, iterative
+        bounding box refinement: b_i = sigmoid(Delta_i + sigmoid^-1(b_{i-1})).
+    [3] §3: distinct points per level, discrete sampling.
+    [4] rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`TransformerDecoderLayer`, `TransformerDecoder`,
+        `RTDETRTransformerv2`): the official counterpart.
+    [5] models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2DecoderLayer`, `RTDetrV2Decoder`), whose parameter
+        names we keep.
 
-One layer (post-norm, [hf] RTDetrV2DecoderLayer.forward), with pos = query_pos_head(b) (MLP 4 -> 2C -> C):
+One layer (post-norm, [5] RTDetrV2DecoderLayer.forward), with pos = query_pos_head(b) (MLP 4 -> 2d -> d):
     x = LN1(x + SelfAttn(q = k = x + pos, v = x))
     x = LN2(x + MSDeformAttn(query = x + pos, reference = b, value = memory))
     x = LN3(x + fc2(ReLU(fc1(x))))
@@ -29,7 +30,7 @@ from .nn import activation_, inverse_sigmoid, layer_norm, linear, mlp, multi_hea
 
 
 def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
-    """One decoder layer. x [B, Nq, C], pos [B, Nq, C], boxes [B, Nq, 4], memory [B, Nv, C] -> (x, loc, weights).
+    """One decoder layer. x [B, Nq, d], pos [B, Nq, d], boxes [B, Nq, 4], memory [B, Nv, d] -> (x, loc, weights).
 
     loc [B, Nq, M, K, 2] and weights [B, Nq, M, K] are the deformable attention's sampling locations and attention
     weights, returned for inspection.
@@ -37,18 +38,18 @@ def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
     eps = cfg.layer_norm_eps
     q = x + pos
     x = layer_norm(x + multi_head_attention(q, x, p["self_attn"], cfg.decoder_attention_heads),
-                   p["self_attn_layer_norm"], eps)                                  # [B, Nq, C]
+                   p["self_attn_layer_norm"], eps)                                  # [B, Nq, d]
     attn, loc, weights = multiscale_deformable_attention(
         p["encoder_attn"], x + pos, boxes, memory, spatial_shapes, cfg.decoder_attention_heads, cfg.n_points,
-        cfg.decoder_offset_scale, cfg.method)                                       # [B, Nq, C]
+        cfg.decoder_offset_scale, cfg.method)                                       # [B, Nq, d]
     x = layer_norm(x + attn, p["encoder_attn_layer_norm"], eps)
     h = activation_(linear(x, p["fc1"]), cfg.decoder_activation_function)          # [B, Nq, F]
-    x = layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)            # [B, Nq, C]
+    x = layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)            # [B, Nq, d]
     return x, loc, weights
 
 
 def decoder(target, reference_boxes, memory, spatial_shapes, p, cfg, trace=None):
-    """Run the decoder layers 0..eval_idx. target [B, Nq, C], reference_boxes [B, Nq, 4], memory [B, Nv, C].
+    """Run the decoder layers 0..eval_idx. target [B, Nq, d], reference_boxes [B, Nq, 4], memory [B, Nv, d].
 
     p is params["model"]["decoder"]. Returns (logits [B, Nq, NC], boxes [B, Nq, 4]) of the last layer run.
     If `trace` is a dict, layer i stores "decoder.{i}.hidden", ".boxes", ".logits", ".sampling_locations",
@@ -56,7 +57,7 @@ def decoder(target, reference_boxes, memory, spatial_shapes, p, cfg, trace=None)
     """
     x, boxes = target, reference_boxes
     for i in range(cfg.num_decoder_layers_used):
-        pos = mlp(boxes, p["query_pos_head"]["layers"])                             # [B, Nq, C]
+        pos = mlp(boxes, p["query_pos_head"]["layers"])                             # [B, Nq, d]
         x, loc, weights = decoder_layer(x, pos, boxes, memory, spatial_shapes, p["layers"][i], cfg)
         # iterative box refinement ([2] App. A.4): a residual in logit space on the previous boxes
         boxes = sigmoid(mlp(x, p["bbox_embed"][i]["layers"]) + inverse_sigmoid(boxes))  # [B, Nq, 4]

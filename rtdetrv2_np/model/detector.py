@@ -1,16 +1,17 @@
-"""RT-DETRv2 end to end, as in [1] Fig. 2: backbone -> hybrid encoder -> query selection -> decoder.
+"""RT-DETRv2 end to end, as in [1] §4.1 and its overview figure (Fig. 4): backbone -> hybrid encoder -> query
+selection -> decoder.
 
-References
-    [1] Zhao et al., RT-DETR, arXiv 2304.08069, Fig. 2 and §4.
-    [3] Lv et al., RT-DETRv2, arXiv 2407.17140.
-    [hf] transformers RTDetrV2ForObjectDetection.forward / RTDetrV2Model.forward.
+Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
+    [1] §4 "The Real-time DETR"; [3] the v2 decoder's sampling.
+    [4] rtdetrv2_pytorch/src/zoo/rtdetr/rtdetr.py (`RTDETR`: backbone, encoder, decoder): the official counterpart.
+    [5] models/rt_detr_v2/modeling_rt_detr_v2.py `RTDetrV2ForObjectDetection.forward`, `RTDetrV2Model.forward`.
 
 Scope: inference only. Featured: the five published ResNet-vd configurations (r18vd, r34vd, r50vd_m, r50vd, r101vd),
 bilinear and discrete sampling, any input size that is a multiple of 32, batches. Left out: training, losses,
 denoising queries, the RepVGG re-parameterisation of the deploy/ONNX export (equal up to rounding).
 
     model = load_model("path/to/model_dir")          # config.json + model.safetensors, as on the hub
-    out = model(pixel_values)                        # float32 [B, 3, H, W] in [0, 1]
+    out = model(pixel_values)                        # float32 [B, 3, H, W] in [0, 1] (float64 works too)
     out.logits, out.pred_boxes                       # [B, Nq, NC], [B, Nq, 4] (cx, cy, w, h, normalised)
     stages = model.trace(pixel_values)               # every intermediate, by name (see `forward`)
 """

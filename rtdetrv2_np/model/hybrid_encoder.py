@@ -1,22 +1,25 @@
-"""The efficient hybrid encoder of RT-DETR ([1] §4.2, Fig. 3-4): AIFI on the stride-32 map, then CCFM fusion.
+"""The efficient hybrid encoder of RT-DETR ([1] §4.2): AIFI on the stride-32 map, then CCFF fusion.
 
-References
-    [1] Zhao et al., RT-DETR, arXiv 2304.08069: §4.2 "Efficient Hybrid Encoder", Eq. (1) (AIFI), Fig. 4 (CCFM).
-    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/hybrid_encoder.py (`HybridEncoder`, `CSPRepLayer`,
-        `RepVggBlock`, `TransformerEncoderLayer`).
-    [7] Vaswani et al., Attention Is All You Need, arXiv 1706.03762 (the encoder layer, sin-cos embedding §3.5).
-    [8] Ding et al., RepVGG, arXiv 2101.03697 (3x3 + 1x1 branches).
-    [hf] transformers models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2HybridEncoder`, `RTDetrV2AIFILayer`,
-        `RTDetrV2CSPRepLayer`, `build_2d_sinusoidal_position_embedding`), whose names we use.
+Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
+    [1] §4.2 "Efficient Hybrid Encoder": Eq. (1) (AIFI, then CCFF), the figure of the fusion block. [1] v3 calls
+        the fusion CCFF, v1 CCFM; the code of [4] and [5] has no name for it (lateral/fpn/downsample/pan layers).
+    [4] rtdetrv2_pytorch/src/zoo/rtdetr/hybrid_encoder.py (`HybridEncoder`, `CSPRepLayer`, `RepVggBlock`,
+        `TransformerEncoderLayer`, `build_2d_sincos_position_embedding`): the official counterpart.
+    [5] models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2HybridEncoder`, `RTDetrV2AIFILayer`,
+        `RTDetrV2CSPRepLayer`, `build_2d_sinusoidal_position_embedding`), whose parameter names we keep.
+    [8] the encoder layer (§3.1) and the sinusoidal position encoding (§3.5).
+    [9] RepVGG: a 3x3 and a 1x1 branch, summed.
 
-Data flow ([1] Eq. 1):
+Data flow ([1] Eq. (1)):
     P3, P4, P5 = input_proj(S3, S4, S5)               1x1 conv + BN each, to C channels
     F5 = Reshape(AIFI(Flatten(P5)))                    one post-norm transformer layer on the coarsest map only
-    O3, O4, O5 = CCFM(P3, P4, F5)                      top-down (FPN) then bottom-up (PAN) fusion
+    O3, O4, O5 = CCFF(P3, P4, F5)                      top-down (FPN) then bottom-up (PAN) fusion
 
-Deviation noted: the position embedding follows transformers 5.x, which lays it out row-major for any H, W.
-The official code (and transformers 4.x) swaps the roles of rows and columns on non-square maps
-(architecture_notes §3.2); both agree on square inputs such as 640x640.
+Deviation noted: the position embedding follows transformers 5.24 ([5] build_2d_sinusoidal_position_embedding),
+which lays it out row-major for any H, W: token y * W + x gets [sin(y w) | cos(y w) | sin(x w) | cos(x w)]. The
+official code ([4] build_2d_sincos_position_embedding, and transformers 4.x, which copies it) builds
+meshgrid(arange(W), arange(H), indexing='ij') and flattens it, so token k gets (k // H, k % H) in place of (y, x):
+the two agree on square maps such as 640x640's 20x20 and differ on any other.
 """
 
 import numpy as np
@@ -31,7 +34,7 @@ from .nn import activation_, conv_bn, conv_norm, layer_norm, linear, multi_head_
 def sincos_position_embedding(height, width, dim, temperature=10000.0, dtype=np.float32):
     """2-D sin-cos position embedding [H*W, C], row-major tokens, channels [sin(y w) | cos(y w) | sin(x w) | cos(x w)].
 
-    w_i = 1 / temperature^(i / (C/4)), i = 0..C/4-1 ([7] §3.5 applied to each axis; temperature 10000 from
+    w_i = 1 / temperature^(i / (C/4)), i = 0..C/4-1 ([8] §3.5 applied to each axis; temperature 10000 from
     config.positional_encoding_temperature). Computed in float64 then rounded to `dtype` (the data's), as
     transformers 5.24 does for float32 (build_2d_sinusoidal_position_embedding); a constant table, not on the
     data path.
@@ -45,7 +48,7 @@ def sincos_position_embedding(height, width, dim, temperature=10000.0, dtype=np.
 
 
 def encoder_layer(x, pos, p, num_heads, act="gelu", eps=1e-5):
-    """Post-norm transformer encoder layer ([7] §3.1), as RTDetrV2EncoderLayer with normalize_before=False.
+    """Post-norm transformer encoder layer ([8] §3.1), as RTDetrV2EncoderLayer with normalize_before=False.
 
     x [B, N, C], pos [N, C] or None (added to queries and keys, not values). GELU is the exact erf form.
         x = LN1(x + MHA(q = k = x + pos, v = x))
@@ -58,7 +61,7 @@ def encoder_layer(x, pos, p, num_heads, act="gelu", eps=1e-5):
 
 
 def aifi(x, p, cfg):
-    """AIFI ([1] Eq. 1): flatten the map to tokens, run the encoder layer(s), reshape back. [B, C, H, W] -> same."""
+    """AIFI ([1] Eq. (1)): flatten the map to tokens, run the encoder layer(s), reshape back. [B, C, H, W] -> same."""
     B, C, H, W = x.shape
     tokens = x.reshape(B, C, H * W).transpose(0, 2, 1)                            # [B, H*W, C]
     # transformers drops the embedding in eval mode when config.eval_size is set (RTDetrV2AIFILayer.forward);
@@ -72,18 +75,18 @@ def aifi(x, p, cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CCFM: CNN-based cross-scale feature fusion ([1] §4.2, Fig. 4 "Fusion" block)
+# CCFF: CNN-based cross-scale feature fusion ([1] §4.2 and its figure of the fusion block)
 # ----------------------------------------------------------------------------------------------------------------
 
 def rep_vgg_block(x, p, act):
-    """RepVGG block [8] without identity branch: act(BN(conv3x3(x)) + BN(conv1x1(x))). [B, C', H, W] -> same."""
+    """RepVGG block [9] without identity branch: act(BN(conv3x3(x)) + BN(conv1x1(x))). [B, C', H, W] -> same."""
     y = conv_norm(x, p["conv1"])                                                  # [B, C', H, W]
     y += conv_norm(x, p["conv2"])
     return activation_(y, act)
 
 
 def csp_rep_layer(x, p, act):
-    """CSPRepLayer, the "Fusion" block of [1] Fig. 4: two 1x1 branches, one through 3 RepVGG blocks, summed.
+    """CSPRepLayer, the fusion block of [1] §4.2: two 1x1 branches, one through 3 RepVGG blocks, summed.
 
     x [B, 2C, H, W] -> [B, C, H, W]. Width inside C' = C * hidden_expansion (0.5 for r18/r34/r50vd_m); when
     C' != C a last 1x1 conv3 restores C, else conv3 is the identity (r50vd, r101vd have no conv3 weights).
@@ -96,7 +99,7 @@ def csp_rep_layer(x, p, act):
 
 
 def ccfm(maps, p, act="silu"):
-    """Top-down then bottom-up fusion ([1] Fig. 4; [hf] RTDetrV2HybridEncoder.forward). maps = [P3, P4, F5].
+    """Top-down then bottom-up fusion ([1] §4.2; [5] RTDetrV2HybridEncoder.forward). maps = [P3, P4, F5].
 
     Top-down, for the coarse-to-fine pairs (F5, P4), then (I4, P3):
         L = lateral_conv(coarse)                        1x1 conv + BN + SiLU; L replaces the coarse map
@@ -108,16 +111,16 @@ def ccfm(maps, p, act="silu"):
     n = len(maps)
     inner = [maps[-1]]                                                           # coarsest first
     for i in range(n - 1):
-        lateral = conv_norm(inner[-1], p["lateral_convs"][i], act=act)           # [B, C, H_l+1, W_l+1]
+        lateral = conv_norm(inner[-1], p["lateral_convs"][i], act=act)           # [B, C, H_{l+1}, W_{l+1}]
         inner[-1] = lateral
         fused = np.concatenate([upsample_nearest2x(lateral), maps[n - 2 - i]], axis=1)  # [B, 2C, H_l, W_l]
         inner.append(csp_rep_layer(fused, p["fpn_blocks"][i], act))              # [B, C, H_l, W_l]
     inner.reverse()                                                              # [I3, L4, L5]
     outs = [inner[0]]
     for i in range(n - 1):
-        down = conv_norm(outs[-1], p["downsample_convs"][i], stride=2, act=act)  # [B, C, H_l+1, W_l+1]
-        fused = np.concatenate([down, inner[i + 1]], axis=1)                     # [B, 2C, H_l+1, W_l+1]
-        outs.append(csp_rep_layer(fused, p["pan_blocks"][i], act))               # [B, C, H_l+1, W_l+1]
+        down = conv_norm(outs[-1], p["downsample_convs"][i], stride=2, act=act)  # [B, C, H_{l+1}, W_{l+1}]
+        fused = np.concatenate([down, inner[i + 1]], axis=1)                     # [B, 2C, H_{l+1}, W_{l+1}]
+        outs.append(csp_rep_layer(fused, p["pan_blocks"][i], act))               # [B, C, H_{l+1}, W_{l+1}]
     return outs
 
 

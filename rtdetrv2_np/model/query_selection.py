@@ -1,13 +1,14 @@
 """Uncertainty-minimal query selection's inference path: pick the 300 best encoder positions as decoder queries.
 
-References
-    [1] Zhao et al., RT-DETR, arXiv 2304.08069, §4.3 "Uncertainty-minimal Query Selection" (at inference the
-        top-K encoder features by classification score initialise the object queries), Fig. 2.
-    [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §4.2 / App. A.4 "two-stage": every encoder position is a
-        proposal whose box is predicted relative to an anchor of size 0.05 * 2^l.
-    [4] lyuwenyu/RT-DETR, rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`_generate_anchors`,
-        `_get_decoder_input`, `_select_topk`).
-    [hf] transformers RTDetrV2Model.generate_anchors / forward, whose names we use.
+Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
+    [1] §4.3 "Uncertainty-minimal Query Selection": at inference the top-Nq encoder features by classification
+        score initialise the object queries.
+    [2] §4.2 and App. A.4, "two-stage Deformable DETR": every encoder position is a proposal whose box is
+        predicted relative to an anchor of size 0.05 * 2^l on level l.
+    [4] rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`_generate_anchors`, `_get_decoder_input`,
+        `_select_topk`): the official counterpart.
+    [5] models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2Model.generate_anchors`, `RTDetrV2Model.forward`),
+        whose parameter names we keep.
 
 Steps (per image; Nv = sum of H_l * W_l over the L levels):
     anchors, valid = generate_anchors(shapes)            [Nv, 4] logits of (cx, cy, w, h), [Nv] bool
@@ -24,7 +25,7 @@ import numpy as np
 
 from .nn import layer_norm, linear, mlp, sigmoid, topk
 
-ANCHOR_SIZE = 0.05        # grid_size: anchor w = h = 0.05 * 2^l on level l ([2] App. A.4; [hf] generate_anchors)
+ANCHOR_SIZE = 0.05        # grid_size: anchor w = h = 0.05 * 2^l on level l ([2] App. A.4; [5] generate_anchors)
 VALID_EPS = 0.01          # anchors with any coordinate outside (0.01, 0.99) are invalid ([4] _generate_anchors eps)
 
 

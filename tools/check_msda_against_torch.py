@@ -22,12 +22,13 @@ from transformers import RTDetrV2Config
 from transformers.models.rt_detr_v2 import modeling_rt_detr_v2 as hf
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from rtdetrv2_np.model.config import Config  # noqa: E402
 from rtdetrv2_np.model.deformable_attention import (deformable_attention_core, multiscale_deformable_attention,  # noqa: E402
                                               sample_bilinear)
 
 f32 = np.float32
 TOL = 1e-5     # float32 features of size ~1 summed over K points: rounding differences stay near 1e-7
-HF_METHOD = {"bilinear": "default", "discrete": "discrete"}
+HF_METHOD = {m: Config().with_method(m).decoder_method for m in ("bilinear", "discrete")}   # "default", "discrete"
 worst = 0.0
 
 

@@ -13,6 +13,7 @@ params["model"]["decoder"]["layers"][0]["fc1"]["weight"] (numbered parts become 
 """
 
 import json
+import os
 
 import numpy as np
 
@@ -206,18 +207,102 @@ def flatten_params(tree, prefix=""):
 CONFIG_METADATA_KEY = "config"   # safetensors metadata key holding the config.json text of a converted file
 
 
+# safetensors dtype -> NumPy dtype (the format is little-endian; safetensors/src/tensor.rs `Dtype`). BF16 is read as
+# its 16-bit patterns and widened to float32 exactly: a bfloat16 number is the top half of the float32 with the same
+# value. safetensors' NumPy backend cannot read BF16 (NumPy has no bfloat16), so files holding it are read here.
+SAFETENSORS_DTYPES = {"BOOL": "?", "U8": "u1", "I8": "i1", "I16": "<i2", "U16": "<u2", "F16": "<f2", "BF16": "<u2",
+                      "I32": "<i4", "U32": "<u4", "F32": "<f4", "I64": "<i8", "U64": "<u8", "F64": "<f8"}
+SAFETENSORS_MAX_HEADER = 100_000_000   # bytes; safetensors' own MAX_HEADER_SIZE (safetensors/src/tensor.rs)
+
+
+def _not_safetensors(path, why):
+    return RTDetrError(f"{path}: not a readable .safetensors file ({why}); the file may be truncated or of another "
+                       "format: download or convert it again")
+
+
+def _safetensors_header(f, path, file_size):
+    """(header dict, offset of the data buffer): the 8-byte little-endian header length, then the JSON header."""
+    head = f.read(8)
+    if len(head) < 8:
+        raise _not_safetensors(path, f"{file_size} bytes, shorter than the 8-byte header length")
+    n = int.from_bytes(head, "little")
+    if n > SAFETENSORS_MAX_HEADER or 8 + n > file_size:
+        raise _not_safetensors(path, f"header length {n} does not fit the file of {file_size} bytes")
+    try:
+        header = json.loads(f.read(n).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _not_safetensors(path, "the header is not JSON") from None
+    if not isinstance(header, dict):
+        raise _not_safetensors(path, "the header is not a JSON object")
+    return header, 8 + n
+
+
+def _read_safetensors_here(f, path, header, start, file_size):
+    """Every tensor of a file safetensors' NumPy backend cannot read (BF16), checked as safetensors checks them:
+    known dtypes, non-negative shapes, data_offsets [begin, end) back to back from 0 to the end of the file, each
+    exactly numel * itemsize bytes."""
+    entries = sorted(((k, v) for k, v in header.items() if k != "__metadata__"),
+                     key=lambda kv: kv[1].get("data_offsets", [0])[0] if isinstance(kv[1], dict) else 0)
+    end = 0
+    tensors = {}
+    for name, entry in entries:
+        shape, offsets = (entry.get("shape"), entry.get("data_offsets")) if isinstance(entry, dict) else (None, None)
+        if not (isinstance(shape, list) and len(shape) <= 64 and all(type(d) is int and d >= 0 for d in shape)
+                and isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise _not_safetensors(path, f"tensor {name[:80]!r} has no valid shape and data_offsets")
+        dtype = np.dtype(SAFETENSORS_DTYPES[entry["dtype"]])
+        numel = int(np.prod(shape, dtype=object)) if shape else 1
+        if offsets[0] != end or offsets[1] - offsets[0] != numel * dtype.itemsize:
+            raise _not_safetensors(path, f"tensor {name[:80]!r}: data_offsets {offsets} do not follow the previous "
+                                         f"tensor or do not hold {numel} {entry['dtype']} elements")
+        end = offsets[1]
+        if start + end > file_size:
+            break                                                  # reported below, before reading
+        f.seek(start + offsets[0])
+        raw = f.read(offsets[1] - offsets[0])
+        bits = np.frombuffer(raw, dtype=dtype).reshape(shape)      # [*shape]
+        if entry["dtype"] == "BF16":
+            wide = bits.astype(np.uint32)                          # (an array even when 0-d, unlike `<< 16`)
+            wide <<= 16
+            tensors[name] = wide.view(np.float32)                  # exact widening, [*shape] float32
+        else:
+            tensors[name] = bits.astype(dtype.newbyteorder("="))               # an owned, writable copy
+    if start + end != file_size:
+        raise _not_safetensors(path, f"the tensors cover {end} bytes of data, the file has {file_size - start}")
+    return {name: tensors[name] for name in sorted(tensors)}
+
+
 def read_safetensors(path):
-    """({name: np.ndarray}, metadata dict) from a .safetensors file; RTDetrError if it is not a valid one."""
+    """({name: np.ndarray}, metadata dict) from a .safetensors file; RTDetrError if it is not a valid one.
+
+    BF16 tensors come back as float32 (exactly); other dtypes as themselves. Dtypes NumPy has no equivalent for
+    (F8_E4M3, F8_E5M2, ...) are refused by name.
+    """
     from safetensors import SafetensorError, safe_open
+    from .fileio import open_regular
+    path = os.fspath(path)
+    with open_regular(path, "a .safetensors file") as f:
+        file_size = os.fstat(f.fileno()).st_size
+        header, start = _safetensors_header(f, path, file_size)
+        meta = header.get("__metadata__") or {}
+        if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+            raise _not_safetensors(path, "__metadata__ is not a map of strings")
+        dtypes = {k: v.get("dtype") for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)}
+        for name, dtype in dtypes.items():
+            if dtype not in SAFETENSORS_DTYPES:
+                raise RTDetrError(f"{path}: tensor {name[:80]!r} has dtype {str(dtype)[:20]!r}, which this reader does "
+                                  f"not support (float32, float16, bfloat16, float64 and integer types); convert the "
+                                  f"weights to float32")
+        if "BF16" in dtypes.values():
+            return _read_safetensors_here(f, path, header, start, file_size), meta
     try:
         with safe_open(path, framework="numpy") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except FileNotFoundError:
         raise RTDetrError(f"{path}: no such file") from None
-    except (SafetensorError, OSError, ValueError) as e:
-        raise RTDetrError(f"{path}: not a readable .safetensors file ({str(e).splitlines()[0]}); the file may be "
-                          "truncated or of another format: download or convert it again") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise _not_safetensors(path, (str(e).splitlines() or [type(e).__name__])[0][:200]) from None
     return tensors, meta
 
 

@@ -25,13 +25,24 @@ Protocol, as huggingface_hub does it:
     W/ and quotes stripped; required), X-Linked-Size or else Content-Length (expected size).
  2. If snapshots/<commit>/<filename> exists: done. If blobs/<etag> exists: only add the pointer.
  3. Else GET the location into blobs/<etag>.<random>.incomplete (process-unique, as huggingface_hub >= 1.x does to
-    survive broken locks; older versions used blobs/<etag>.incomplete), check the byte count against
-    Content-Length and the expected size, and the sha256 against the etag when the etag is 64 hex digits; then
+    survive broken locks; older versions used blobs/<etag>.incomplete), held under an exclusive fcntl.flock while
+    it is written; stop reading past the announced size (X-Linked-Size, else Content-Length, else at most
+    MAX_UNANNOUNCED_BYTES); check the byte count, and the hash the etag names: sha256 when it is 64 hex digits (an
+    LFS file), the git blob sha1 sha1(b"blob <length>\0" + content) when it is 40 (a small git file); then
     os.replace onto blobs/<etag>. On any failure the temporary file is deleted and nothing is left in blobs/.
- 4. Write refs/<revision> (if the revision is not the commit hash itself) and the snapshot pointer.
+    *.incomplete files of ours that no live process holds (their lock is free, or on Windows they can be deleted)
+    and that were not written to for STALE_AFTER seconds are left-overs of killed downloads: removed.
+ 4. Write refs/<revision> (if the revision is not the commit hash itself) and the snapshot pointer, created under
+    a temporary name and renamed into place (os.replace), so that processes doing the same at once do not collide.
 If the HEAD fails (no network, HTTP error) the file is looked up in the cache through refs/<revision>, as
 huggingface_hub does; only when it is not there is it an error. A full 40-hex commit hash as revision that is
 already cached is returned without any request.
+
+Nothing downloaded is trusted: only http and https URLs are requested or followed (a Location with file://,
+ftp:// or data: is refused, and urllib's handlers for those schemes are not even installed); a cached file is
+used only if it passes the checks that can be made cheaply each time (its size against the announced one when
+online; the git blob sha1 of a small git file, named by its blob), and one that fails them is deleted (online: and
+downloaded again) instead of being used. LFS files are hashed (sha256) when downloaded, not at each use.
 """
 
 import hashlib
@@ -39,6 +50,7 @@ import os
 import re
 import shutil
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -48,6 +60,11 @@ from http.client import HTTPException
 from .errors import RTDetrError
 from .fileio import atomic_write
 
+try:                                                  # POSIX; on Windows an open file cannot be deleted instead
+    import fcntl
+except ImportError:                                   # pragma: no cover (Windows)
+    fcntl = None
+
 DEFAULT_ENDPOINT = "https://huggingface.co"          # huggingface_hub constants._HF_DEFAULT_ENDPOINT
 TRUE_VALUES = {"1", "ON", "YES", "TRUE"}             # constants.ENV_VARS_TRUE_VALUES
 DEFAULT_TIMEOUT = 10                                  # constants.DEFAULT_ETAG_TIMEOUT, DEFAULT_DOWNLOAD_TIMEOUT (s)
@@ -55,6 +72,11 @@ MAX_REDIRECTS = 10                                    # utils/_http.py _MAX_REDI
 CHUNK = 1 << 20                                       # bytes per read while downloading
 REGEX_COMMIT_HASH = re.compile(r"[0-9a-f]{40}")       # file_download.REGEX_COMMIT_HASH
 REGEX_SHA256 = re.compile(r"[0-9a-f]{64}")            # an LFS etag is the file's sha256
+REGEX_GIT_SHA1 = REGEX_COMMIT_HASH                    # a small git file's etag is its git blob sha1
+REGEX_INCOMPLETE = re.compile(r"[^/\\]+\.[0-9a-f]{8}\.incomplete")   # ours: <etag>.<8 hex>.incomplete
+MAX_UNANNOUNCED_BYTES = 100 << 20                     # a download without any size: the hub's git files are < 10 MB
+STALE_AFTER = 60                                      # s without a write before an unlocked *.incomplete is stale
+ALLOWED_SCHEMES = ("http", "https")
 REGEX_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
 USER_AGENT = f"rtdetrv2_np/0.1; python/{sys.version_info.major}.{sys.version_info.minor}"
 HOW_TO_GET_WEIGHTS = ("run once with network access to fill the cache, or download model.safetensors and "
@@ -75,7 +97,11 @@ def hub_cache_dir():
 
 
 def hub_endpoint():
-    return os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    endpoint = os.environ.get("HF_ENDPOINT", DEFAULT_ENDPOINT).rstrip("/")
+    if urllib.parse.urlsplit(endpoint).scheme.lower() not in ALLOWED_SCHEMES:
+        raise RTDetrError(f"HF_ENDPOINT={endpoint[:100]!r} is not an http(s) URL; set it to e.g. "
+                          f"{DEFAULT_ENDPOINT} or unset it")
+    return endpoint
 
 
 def is_offline():
@@ -129,7 +155,7 @@ def _read_ref(folder, revision):
 
 def _cached_file(folder, revision, filename):
     commit = _read_ref(folder, revision)
-    if commit is None:
+    if commit is None or not REGEX_COMMIT_HASH.fullmatch(commit):
         return None
     path = _pointer_path(folder, commit, filename)
     return path if os.path.exists(path) else None          # exists() follows the symlink: a dangling one is absent
@@ -146,20 +172,22 @@ def _write_ref(folder, revision, commit):
 
 
 def _link_pointer(blob, pointer):
-    """snapshots/<commit>/<filename> -> relative symlink to the blob; a copy if symlinks are not possible."""
+    """snapshots/<commit>/<filename> -> relative symlink to the blob; a copy if symlinks are not possible.
+
+    Made under a temporary name and renamed onto the pointer (os.replace is atomic), so that two processes
+    linking the same file at once both succeed and leave one correct link (removing, then creating, raced).
+    """
     os.makedirs(os.path.dirname(pointer), exist_ok=True)
-    if os.path.lexists(pointer):
-        os.remove(pointer)
+    tmp = f"{pointer}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        os.symlink(os.path.relpath(blob, os.path.dirname(pointer)), pointer)
-    except OSError:                                        # e.g. Windows without developer mode, some mounts
-        tmp = f"{pointer}.{uuid.uuid4().hex[:8]}.tmp"
         try:
+            os.symlink(os.path.relpath(blob, os.path.dirname(pointer)), tmp)
+        except OSError:                                    # e.g. Windows without developer mode, some mounts
             shutil.copyfile(blob, tmp)
-            os.replace(tmp, pointer)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        os.replace(tmp, pointer)
+    finally:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
 
 
 def _set_cache_permissions(path):
@@ -176,9 +204,65 @@ def _set_cache_permissions(path):
             os.unlink(probe)
 
 
+def _verify(path, etag, size=None, full=True):
+    """None if the file at `path` is what `etag` (and `size`, if known) say; else the reason, in words.
+
+    size: compared with the file's size. The etag names a hash when it is 40 hex digits (git blob sha1 of a small
+    git file: sha1(b"blob <length>\\0" + content), always checked) or 64 (sha256 of an LFS file: checked only when
+    `full`, since it means reading the whole file).
+    """
+    try:
+        length = os.path.getsize(path)
+        if size is not None and length != size:
+            return f"it has {length} bytes, the hub announced {size}"
+        if REGEX_GIT_SHA1.fullmatch(etag):
+            digest = hashlib.sha1(b"blob %d\0" % length)
+        elif full and REGEX_SHA256.fullmatch(etag):
+            digest = hashlib.sha256()
+        else:
+            return None
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(CHUNK), b""):
+                digest.update(chunk)
+    except OSError as e:
+        return f"it cannot be read ({e.strerror or e})"
+    if digest.hexdigest() != etag:
+        kind = "git blob sha1" if len(etag) == 40 else "sha256"
+        return f"its {kind} is {digest.hexdigest()}, the hub says {etag}"
+    return None
+
+
+def _check_pointer(pointer):
+    """None if a cached snapshot file passes the cheap checks of _verify against its blob's name (the etag); else
+    the reason. A copied pointer (where symlinks fail) has no blob name and is not checked."""
+    if not os.path.islink(pointer):
+        return None
+    return _verify(pointer, os.path.basename(os.readlink(pointer)), full=False)
+
+
+def _discard(*paths):
+    """Delete cache entries that failed verification (the pointer's blob too), ignoring what is already gone."""
+    for path in paths:
+        targets = [path]
+        if os.path.islink(path):
+            targets.insert(0, os.path.join(os.path.dirname(path), os.readlink(path)))
+        for target in targets:
+            try:
+                os.unlink(target)
+            except OSError:
+                pass
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # HTTP
 # ---------------------------------------------------------------------------------------------------------------
+
+def _check_scheme(url, what):
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme not in ALLOWED_SCHEMES:
+        raise RTDetrError(f"{what}: the hub redirected to {url[:100]!r}, a {scheme or 'relative'} URL; only http and "
+                          f"https are followed (check HF_ENDPOINT and any proxy)")
+
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
     """Let 3xx responses through as HTTPError, so that the HEAD can read the redirect's own headers."""
@@ -187,8 +271,30 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
         return None
 
 
-_HEAD_OPENER = urllib.request.build_opener(_NoRedirect)
-_GET_OPENER = urllib.request.build_opener()                 # follows redirects (the CDN may redirect again)
+class _HttpOnlyRedirect(urllib.request.HTTPRedirectHandler):
+    """Follow redirects (the CDN may redirect again), but only to http and https URLs (urllib itself would also
+    follow ftp://, and refuse others with a message about HTTP 302)."""
+
+    def __init__(self, what):
+        self.what = what
+
+    def http_error_302(self, req, fp, code, msg, headers):
+        location = headers.get("Location") or headers.get("URI")
+        if location:
+            _check_scheme(urllib.parse.urljoin(req.full_url, location), self.what)
+        return super().http_error_302(req, fp, code, msg, headers)
+
+    http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
+
+
+def _opener(redirects):
+    """An opener that speaks only HTTP(S): no file://, ftp:// or data: handler (build_opener would add them)."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.UnknownHandler(), urllib.request.HTTPHandler(),
+                    urllib.request.HTTPSHandler(), urllib.request.HTTPDefaultErrorHandler(), redirects,
+                    urllib.request.HTTPErrorProcessor()):
+        opener.add_handler(handler)
+    return opener
 
 
 def _origin(url):
@@ -213,18 +319,20 @@ def _normalize_etag(etag):
     return etag[2:].strip('"') if etag.startswith("W/") else etag.strip('"')
 
 
-def _head(url, token):
+def _head(url, token, what):
     """HEAD the resolve URL; return (commit, etag, size or None, download URL). Raises urllib/OS errors."""
     timeout = _timeout("HF_HUB_ETAG_TIMEOUT")
+    opener = _opener(_NoRedirect())
     for _ in range(MAX_REDIRECTS):
         try:
-            with _HEAD_OPENER.open(_request(url, "HEAD", token, True), timeout=timeout) as resp:
+            with opener.open(_request(url, "HEAD", token, True), timeout=timeout) as resp:
                 headers, location = resp.headers, url
         except urllib.error.HTTPError as e:
             if e.code not in (301, 302, 303, 307, 308) or "Location" not in e.headers:
                 raise
             headers, location = e.headers, urllib.parse.urljoin(url, e.headers["Location"])
             e.close()
+            _check_scheme(location, what)
             if _origin(location) == _origin(url):           # same host (renamed repo): follow
                 url = location
                 continue
@@ -237,40 +345,103 @@ def _head(url, token):
     if not commit or not REGEX_COMMIT_HASH.fullmatch(commit) or not etag:
         raise RTDetrError(f"{url}: the answer has no X-Repo-Commit or ETag header, so it does not come from a "
                           f"Hugging Face hub; check HF_ENDPOINT and any proxy")
-    if "/" in etag or etag in (".", ".."):
-        raise RTDetrError(f"{url}: unusable ETag {etag!r}; check HF_ENDPOINT")
+    if not re.fullmatch(r"[A-Za-z0-9_.+=\-]{1,200}", etag) or etag in (".", ".."):
+        raise RTDetrError(f"{url}: unusable ETag {etag[:80]!r}; check HF_ENDPOINT")
     return commit, etag, int(size) if size and size.isdigit() else None, location
 
 
+def _lock(fd):
+    """Hold an exclusive lock on an open file while this process writes it (POSIX flock; a no-op elsewhere, where
+    an open file cannot be deleted anyway)."""
+    if fcntl is not None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+
+
+def _held_by_a_live_process(path):
+    """Whether another process holds the lock of one of our *.incomplete files (POSIX); elsewhere False (the
+    deletion itself then fails if the file is open)."""
+    if fcntl is None:
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True                                        # gone or unreadable: leave it alone
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)                                       # releases the lock, if taken
+
+
+def remove_stale_downloads(blobs):
+    """Delete our *.incomplete files in `blobs` that no live process is writing (downloads that were killed).
+
+    Stale: not written to for STALE_AFTER seconds (a download that has just created its file may not hold its lock
+    yet) and its lock is free (POSIX) or, on Windows, it can be deleted (an open file cannot). Returns the names
+    removed. huggingface_hub's own <etag>.incomplete files (resumable, locked elsewhere) are not touched.
+    """
+    removed = []
+    try:
+        names = os.listdir(blobs)
+    except OSError:
+        return removed
+    now = time.time()
+    for name in names:
+        if not REGEX_INCOMPLETE.fullmatch(name):
+            continue
+        path = os.path.join(blobs, name)
+        try:
+            if now - os.stat(path).st_mtime < STALE_AFTER or _held_by_a_live_process(path):
+                continue
+            os.unlink(path)
+            removed.append(name)
+        except OSError:
+            pass
+    return removed
+
+
 def _download(url, blob, etag, expected_size, token, send_token, what, progress):
-    """GET url into blob via a process-unique temporary file; verify size and sha256; never leave a partial blob."""
+    """GET url into blob via a locked, process-unique temporary file; stop at the announced size; verify the size and
+    the hash the etag names; never leave a partial blob."""
+    remove_stale_downloads(os.path.dirname(blob))
     tmp = f"{blob}.{uuid.uuid4().hex[:8]}.incomplete"
-    digest = hashlib.sha256()
     done = 0
     try:
-        with _GET_OPENER.open(_request(url, "GET", token, send_token),
-                              timeout=_timeout("HF_HUB_DOWNLOAD_TIMEOUT")) as resp, open(tmp, "wb") as f:
-            length = resp.headers.get("Content-Length")
-            length = int(length) if length and length.isdigit() else None
-            total = expected_size if expected_size is not None else length
-            while True:
-                chunk = resp.read(CHUNK)
-                if not chunk:
-                    break
-                f.write(chunk)
-                digest.update(chunk)
-                done += len(chunk)
-                if progress is not None:
-                    progress(done, total)
-        if length is not None and done != length:
-            raise RTDetrError(f"{what}: download interrupted after {done} of {length} bytes; run again")
-        if expected_size is not None and done != expected_size:
-            raise RTDetrError(f"{what}: received {done} bytes, the hub announced {expected_size}; run again")
-        if REGEX_SHA256.fullmatch(etag) and digest.hexdigest() != etag:
-            raise RTDetrError(f"{what}: sha256 of the download is {digest.hexdigest()}, the hub says {etag}; "
-                              f"the transfer was corrupted, run again")
-        _set_cache_permissions(tmp)
-        os.replace(tmp, blob)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
+        with os.fdopen(fd, "wb", buffering=0) as f:         # unbuffered: what is received is on disk
+            _lock(fd)
+            with _opener(_HttpOnlyRedirect(what)).open(_request(url, "GET", token, send_token),
+                                                   timeout=_timeout("HF_HUB_DOWNLOAD_TIMEOUT")) as resp:
+                length = resp.headers.get("Content-Length")
+                length = int(length) if length and length.isdigit() else None
+                if length is not None and expected_size is not None and length != expected_size:
+                    raise RTDetrError(f"{what}: the download announces {length} bytes, the hub said {expected_size}; "
+                                      f"run again")
+                total = expected_size if expected_size is not None else length
+                limit = total if total is not None else MAX_UNANNOUNCED_BYTES
+                while True:
+                    chunk = resp.read1(min(CHUNK, limit - done + 1))  # what has arrived; 1 byte more shows excess
+                    if not chunk:
+                        break
+                    if done + len(chunk) > limit:
+                        raise RTDetrError(f"{what}: the server sent more than the {limit} bytes "
+                                          f"{'announced' if total is not None else 'allowed without a size'}; "
+                                          f"stopped there, nothing kept; run again")
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+            f.flush()
+            if total is not None and done != total:
+                raise RTDetrError(f"{what}: download interrupted after {done} of {total} bytes; run again")
+            problem = _verify(tmp, etag)
+            if problem:
+                raise RTDetrError(f"{what}: the download failed verification: {problem}; the transfer was corrupted, "
+                                  f"run again")
+            _set_cache_permissions(tmp)
+            os.replace(tmp, blob)                           # still locked: the lock goes with the open file
     except (HTTPException, OSError) as e:                  # URLError, timeouts, resets, and a full disk are OSError
         raise RTDetrError(f"{what}: download into {os.path.dirname(blob)} failed after {done} bytes "
                           f"({_reason(e)}); check the network and the free space there, then run again") from None
@@ -283,8 +454,8 @@ def _reason(error):
     if isinstance(error, urllib.error.HTTPError):
         return f"HTTP {error.code} {error.reason}"
     if isinstance(error, urllib.error.URLError):
-        return str(error.reason)
-    return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        return str(error.reason)[:200]
+    return f"{type(error).__name__}: {str(error)[:200]}" if str(error) else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -297,19 +468,29 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
     Like huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir); returns
     <cache>/models--ORG--NAME/snapshots/<commit>/<filename>. progress: optional callable(bytes_done, total or None)
     called while downloading. Raises RTDetrError (offline with nothing cached, not found, access denied, failed or
-    corrupted transfer).
+    corrupted transfer, a damaged cached file while offline).
     """
     _check_names(repo_id, filename, revision)
     cache = cache_dir or hub_cache_dir()
     folder = repo_folder(repo_id, cache)
     what = f"{repo_id}/{filename}@{revision}"
 
-    if REGEX_COMMIT_HASH.fullmatch(revision):                # a cached commit never changes: no request
+    def from_cache(why_not_online):
+        """The cached file, checked; None if there is none; RTDetrError if it is damaged (then deleted)."""
         path = _cached_file(folder, revision, filename)
-        if path:
-            return path
+        problem = path and _check_pointer(path)
+        if problem:
+            _discard(path)
+            raise RTDetrError(f"{what}: the cached file {path} failed verification ({problem}), so it was deleted; "
+                              f"{why_not_online}, run again with network access to download it again")
+        return path
+
+    if REGEX_COMMIT_HASH.fullmatch(revision) and not is_offline():   # a cached commit never changes: no request
+        path = _cached_file(folder, revision, filename)
+        if path and not _check_pointer(path):
+            return path                                      # (a damaged one is replaced by the download below)
     if is_offline():
-        path = _cached_file(folder, revision, filename)
+        path = from_cache("HF_HUB_OFFLINE is set")
         if path:
             return path
         raise RTDetrError(f"{what}: not in the cache {cache} and HF_HUB_OFFLINE is set, so it was not downloaded; "
@@ -320,9 +501,9 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
            f"{urllib.parse.quote(filename)}")
     token = os.environ.get("HF_TOKEN") or None
     try:
-        commit, etag, size, location = _head(url, token)
+        commit, etag, size, location = _head(url, token, what)
     except (HTTPException, OSError, RTDetrError) as e:      # no network, HTTP error, not a hub: use the cache,
-        path = _cached_file(folder, revision, filename)      # as huggingface_hub does
+        path = from_cache("the hub could not be reached")   # as huggingface_hub does
         if path:
             return path
         if isinstance(e, RTDetrError):
@@ -339,9 +520,14 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
     blob = os.path.join(folder, "blobs", etag)
     pointer = _pointer_path(folder, commit, filename)
     cached = os.path.exists(pointer)
+    if cached and _verify(pointer, etag, size, full=False):
+        _discard(pointer)                                    # damaged: download again
+        cached = False
     try:
         if not cached:
             os.makedirs(os.path.dirname(blob), exist_ok=True)
+            if os.path.exists(blob) and _verify(blob, etag, size, full=False):
+                _discard(blob)
             if not os.path.exists(blob):
                 send_token = _origin(location) == _origin(endpoint)
                 _download(location, blob, etag, size, token, send_token, what, progress)

@@ -11,6 +11,14 @@ real hub redirects LFS downloads to a CDN. Behaviour modelled on huggingface_hub
     missing repo:    401 X-Error-Code: RepoNotFound;   token required but absent or wrong: 401
 Switches for failures: `truncate` (the CDN announces the full length and closes half way), `corrupt` (one byte of
 the body changed, same length), `token` (required by the hub; the CDN records whether it received one).
+Switches for hostile servers (tests/test_hostile.py):
+    lfs_location   the hub's LFS redirect points there instead of the CDN (file:///..., ftp://...)
+    cdn_redirect   the CDN answers 302 to this URL instead of serving the file
+    cdn_unsized    the CDN sends no Content-Length and closes the connection after the body (HTTP/1.0 style)
+    cdn_extra      that many bytes sent after the body (with cdn_unsized: a body longer than announced)
+    git_unsized    small git files are served without Content-Length
+    git_truncate   ... and cut in half (a truncated config.json whose ETag is the full file's git blob sha1)
+    stall          a threading.Event: the CDN sends half the body, then waits for it (at most 120 s)
 """
 
 import hashlib
@@ -55,6 +63,14 @@ class FakeHub:
         self.truncate = False
         self.corrupt = False
         self.token = None
+        self.lfs_location = None
+        self.cdn_redirect = None
+        self.cdn_unsized = False
+        self.cdn_extra = 0
+        self.git_unsized = False
+        self.git_truncate = False
+        self.stall = None
+        self.cdn_sent = []                          # bytes the CDN managed to send, per GET
         self.hub = self._serve(self._hub_handler)
         self.cdn = self._serve(self._cdn_handler)
         self.endpoint = f"http://127.0.0.1:{self.hub.server_address[1]}"
@@ -126,11 +142,21 @@ class FakeHub:
                     sha = hashlib.sha256(data).hexdigest()
                     pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha}\nsize {len(data)}\n"
                     return self._answer(302, {
-                        "Location": f"{hub.cdn_url}/lfs/{sha}?X-Signature=abc",
+                        "Location": hub.lfs_location or f"{hub.cdn_url}/lfs/{sha}?X-Signature=abc",
                         "X-Repo-Commit": commit, "X-Linked-Etag": f'"{sha}"', "X-Linked-Size": str(len(data)),
                         "ETag": f'"{git_blob_sha1(pointer.encode())}"'}, b"", send_body)
-                return self._answer(200, {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"',
-                                          "Content-Type": "application/octet-stream"}, data, send_body)
+                headers = {"X-Repo-Commit": commit, "ETag": f'"{git_blob_sha1(data)}"',
+                           "Content-Type": "application/octet-stream"}
+                if hub.git_unsized:                 # HTTP/1.0 style: the body ends when the connection closes
+                    self.close_connection = True
+                    self.send_response(200)
+                    for k, v in headers.items():
+                        self.send_header(k, v)
+                    self.end_headers()
+                    if send_body:
+                        self.wfile.write(data[: len(data) // 2] if hub.git_truncate else data)
+                    return
+                return self._answer(200, headers, data, send_body)
 
         return Handler
 
@@ -151,17 +177,38 @@ class FakeHub:
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return
+                if hub.cdn_redirect:
+                    self.send_response(302)
+                    self.send_header("Location", hub.cdn_redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if hub.corrupt:
                     data = data[:10] + bytes([data[10] ^ 0xFF]) + data[11:]
                 self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
+                if hub.cdn_unsized:
+                    self.close_connection = True
+                else:
+                    self.send_header("Content-Length", str(len(data)))
                 self.send_header("Content-Type", "application/octet-stream")
                 self.end_headers()
-                if hub.truncate:
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
+                sent = 0
+                hub.cdn_sent.append(sent)
+                try:
+                    if hub.truncate or hub.stall is not None:
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        hub.cdn_sent[-1] = sent = len(data) // 2
+                        if hub.stall is not None:
+                            hub.stall.wait(120)
+                        self.close_connection = True
+                        return
+                    self.wfile.write(data)
+                    hub.cdn_sent[-1] = sent = len(data)
+                    for _ in range(hub.cdn_extra // 1024):      # bounded: stops early if the client hangs up
+                        self.wfile.write(b"\0" * 1024)
+                        hub.cdn_sent[-1] = sent = sent + 1024
+                except (BrokenPipeError, ConnectionResetError):
                     self.close_connection = True
-                    return
-                self.wfile.write(data)
 
         return Handler

@@ -39,6 +39,14 @@ import PIL.Image
 import PIL.ImageOps
 
 from .errors import RTDetrError
+from .fileio import open_regular
+
+# The image formats load_image opens (Pillow format names; see PIL.Image.registered_extensions() for their file
+# extensions). Pillow identifies a file by its content, trying every plugin it has unless told which: among them EPS,
+# which runs Ghostscript. These are the common photo and dataset formats (COCO, VOC, Objects365: JPEG; the rest for
+# users' own images). Camera JPEGs with several pictures (MPO) open through "JPEG" too.
+IMAGE_FORMATS = ("JPEG", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+FORMAT_NAMES = "JPEG, PNG, BMP, GIF, TIFF, WebP, PPM/PGM/PBM"
 
 # transformers RTDetrImageProcessorPil class attributes: size = {"height": 640, "width": 640},
 # resample = PILImageResampling.BILINEAR (= PIL.Image.BILINEAR), rescale_factor = 1 / 255 (BaseImageProcessor).
@@ -51,31 +59,30 @@ def load_image(path):
     """Open an image file as an upright RGB PIL image, like transformers.image_utils.load_image.
 
     path: str or os.PathLike of a local file. Returns a fully decoded PIL.Image in mode "RGB" with the EXIF
-    orientation applied (PIL.ImageOps.exif_transpose). Pillow's decompression-bomb guard is kept at its default
-    (PIL.Image.MAX_IMAGE_PIXELS; above twice that Pillow refuses the file). Every failure is an RTDetrError naming
-    the file.
+    orientation applied (PIL.ImageOps.exif_transpose). Only regular files are opened (a FIFO or device is refused
+    from its stat, without being opened), and only as one of IMAGE_FORMATS: Pillow does not even try its other
+    plugins, so a PostScript file named .jpg never reaches Ghostscript. Pillow's decompression-bomb guard is kept at
+    its default (PIL.Image.MAX_IMAGE_PIXELS pixels: a warning above it, refused above twice that). Every failure is
+    an RTDetrError naming the file.
     """
     name = os.fspath(path)
-    try:
-        with PIL.Image.open(name) as image:
-            image = PIL.ImageOps.exif_transpose(image)
-            rgb = image.convert("RGB")                 # decodes the whole file; a copy even when already RGB
-            rgb.load()
-    except FileNotFoundError:
-        raise RTDetrError(f"{name}: no such file; check the path") from None
-    except IsADirectoryError:
-        raise RTDetrError(f"{name}: is a directory, not an image file; pass an image file") from None
-    except PermissionError:
-        raise RTDetrError(f"{name}: permission denied; make the file readable") from None
-    except PIL.Image.DecompressionBombError as e:
-        raise RTDetrError(f"{name}: refused as a possible decompression bomb ({e}); use a smaller image, or raise "
-                          f"PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
-    except PIL.UnidentifiedImageError:
-        raise RTDetrError(f"{name}: not an image file Pillow can read; pass a JPEG, PNG or other image") from None
-    except Exception as e:                             # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
-        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RTDetrError(f"{name}: could not decode the image ({type(e).__name__}: {detail}); the file is "
-                          f"truncated or corrupt, re-export or re-download it") from None
+    PIL.Image.init()                                   # register every plugin, so that each of IMAGE_FORMATS exists
+    with open_regular(name, "an image file") as f:    # missing, symlink loop, folder, FIFO, device: RTDetrError
+        try:
+            with PIL.Image.open(f, formats=IMAGE_FORMATS) as image:
+                image = PIL.ImageOps.exif_transpose(image)
+                rgb = image.convert("RGB")             # decodes the whole file; a copy even when already RGB
+                rgb.load()
+        except PIL.Image.DecompressionBombError as e:
+            raise RTDetrError(f"{name}: refused as a possible decompression bomb ({e}); use a smaller image, or "
+                              f"raise PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from None
+        except PIL.UnidentifiedImageError:
+            raise RTDetrError(f"{name}: not an image file of a supported format ({FORMAT_NAMES}); convert it to "
+                              f"JPEG or PNG") from None
+        except Exception as e:                         # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
+            detail = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise RTDetrError(f"{name}: could not decode the image ({type(e).__name__}: {detail}); the file is "
+                              f"truncated or corrupt, re-export or re-download it") from None
     return rgb
 
 

@@ -13,7 +13,9 @@ Sources:
       repackaged (and the sampling method changed if --method is given).
 Result: `weights/<name>.safetensors` (or --out), written atomically, holding the hub-named float32 tensors and,
 in the metadata key "config", the config.json text (weights.CONFIG_METADATA_KEY). transformers can read the
-tensors too (metadata "format": "pt").
+tensors too (metadata "format": "pt"). An --out that is the same file as something the conversion reads (the
+checkpoint, its config.json, the --config file) is refused before anything is read. A special --out (/dev/stdout,
+a FIFO) is written to directly (fileio.atomic_write), and the report lines then go to stderr.
 """
 
 import argparse
@@ -25,7 +27,7 @@ import numpy as np
 
 from .errors import RTDetrError
 from .model.config import VARIANTS
-from .fileio import atomic_write
+from .fileio import atomic_write, input_ids, is_special, same_as_input
 from .loading import load_model
 from .official import load_official
 from .weights import CONFIG_METADATA_KEY, flatten_params
@@ -42,6 +44,18 @@ def save_converted(path, cfg, tensors):
         atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=metadata))
     except OSError as e:
         raise RTDetrError(f"{path}: cannot write ({e.strerror or e}); check the folder and the free space") from None
+
+
+def input_files(source, config=None):
+    """The local files converting `source` reads: the file itself (or a folder's files), the config.json beside a
+    file, and --config."""
+    src = os.fspath(source)
+    files = [src]
+    if os.path.isfile(src):
+        files.append(os.path.join(os.path.dirname(src) or ".", "config.json"))
+    if config is not None:
+        files.append(os.fspath(config))
+    return files
 
 
 def default_output(source):
@@ -92,30 +106,43 @@ def main(argv=None):
     parser.error = lambda message: _usage_error(parser, message)
     args = parser.parse_args(argv)
     out = args.out or default_output(args.source)
+    say = sys.stderr if is_special(out) else sys.stdout       # --out /dev/stdout: the report must not mix in
     try:
+        source = same_as_input(out, input_ids(input_files(args.source, args.config)))
+        if source is not None:
+            raise RTDetrError(f"{out}: --out is the same file as the input {source}; choose another output file")
         cfg, tensors, report = convert(args.source, args.variant, args.method, args.config, args.revision)
         src = args.source
         if report["tensors_in"] is not None:
-            print(f"read {src}: {report['tensors_in']} tensors")
+            print(f"read {src}: {report['tensors_in']} tensors", file=say)
         arch = report["variant"] + ", " if report["variant"] else ""
-        print(f"architecture: {arch}{report['architecture']}: {_describe_cfg(cfg)}")
+        print(f"architecture: {arch}{report['architecture']}: {_describe_cfg(cfg)}", file=say)
         if src.endswith(".pth") and args.method is None and "_dsp" in os.path.basename(src):
             print("note: the file name says dsp (a discrete-sampling model): the official model samples "
-                  "discretely; convert again with --method discrete to match it")
+                  "discretely; convert again with --method discrete to match it", file=say)
         a = report["anchors"]
         if a is not None:
             H, W = a["size_hw"]
             if not a["mask_equal"]:
                 print(f"anchors: the checkpoint's decoder.anchors/valid_mask ({H}x{W}) do not have the validity "
-                      f"pattern of recomputed ones; ignored, recomputed ones are used (as transformers does)")
+                      f"pattern of recomputed ones; ignored, recomputed ones are used (as transformers does)", file=say)
             else:
                 print(f"anchors: the checkpoint's decoder.anchors ({H}x{W}) differ from recomputed ones by at most "
                       f"{a['max_abs']:.2g} (relative {a['max_rel']:.2g}); recomputed ones are used, as "
-                      f"transformers does")
+                      f"transformers does", file=say)
         save_converted(out, cfg, tensors)
     except RTDetrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print(f"error: {args.source}: out of memory while converting; free memory and run again", file=sys.stderr)
+        return 1
+    if is_special(out):
+        print(f"wrote {out} ({len(tensors)} tensors)", file=say)
+        return 0
     size = os.path.getsize(out) / 1e6
     print(f"wrote {out} ({size:.1f} MB, {len(tensors)} tensors)")
     print(f"run:  python -m rtdetrv2_np.detect IMAGE --model {out}")

@@ -20,28 +20,39 @@ timing line go to stderr.
 Exit status:
     0  every image was processed (detections or not);
     1  something failed: the model could not be loaded (nothing is processed then), or at least one image could not
-       be read or written. Images are independent: a bad image is reported as "error: <file>: <what is wrong>" and
-       skipped, the others are still processed and their outputs written; the status then says the run was not
-       complete, like cp, gzip or rsync, which carry on past a bad file and exit non-zero, so that a script never
-       mistakes a partial run for a complete one;
+       be read or written or gave outputs that are not finite (NaN, inf). Images are independent: a bad image is
+       reported as "error: <file>: <what is wrong>" and skipped, the others are still processed and their outputs
+       written; the status then says the run was not complete, like cp, gzip or rsync, which carry on past a bad
+       file and exit non-zero, so that a script never mistakes a partial run for a complete one;
     2  usage error (unknown option, bad value, no image given), printed as "error: <what is wrong>".
+  130  interrupted (Ctrl-C, SIGINT): nothing more is written, no --coco-json file, no JSON document.
 Every file this command writes (--save images, --coco-json) is written to a temporary file and renamed, so an
-interrupted or failed run never leaves a partial file.
+interrupted or failed run never leaves a partial file; a special file (/dev/stdout, /dev/null, a FIFO) is written
+to directly instead (fileio.atomic_write). An output that is the same file as an input (an image or the model's
+files) is refused before the model is loaded, and the inputs are listed before anything is written, so a file this
+run writes is never read by it (`detect DIR --save DIR` is safe).
+
+Text output cannot be forged by file names or labels: control characters (newlines, ANSI escapes), Unicode line
+separators and direction overrides, and bytes of a file name that are not UTF-8 are printed as backslash escapes
+(printable()); whatever stdout's encoding cannot show is backslash-escaped too.
 """
 
 import argparse
+import errno
 import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 import warnings
 
+import numpy as np
 import PIL.Image
 
 from .errors import RTDetrError
-from .fileio import atomic_write
+from .fileio import atomic_write, input_ids, os_error_message, same_as_input
 
 DEFAULT_MODEL = "PekingU/rtdetr_v2_r18vd"
 PROG = "python -m rtdetrv2_np.detect"
@@ -102,34 +113,91 @@ def parse_args(argv):
 # ---------------------------------------------------------------------------------------------------------------
 
 def image_extensions():
-    """Lower-case file extensions Pillow can open (".jpg", ".png", ...)."""
+    """Lower-case file extensions of the formats load_image opens (".jpg", ".png", ...)."""
+    from .preprocess import IMAGE_FORMATS
     PIL.Image.init()
-    return {ext.lower() for ext, fmt in PIL.Image.registered_extensions().items() if fmt in PIL.Image.OPEN}
+    return {ext.lower() for ext, fmt in PIL.Image.registered_extensions().items() if fmt in IMAGE_FORMATS}
 
 
 def expand_inputs(paths):
     """(image paths in order, [(path, error message)], whether a folder was given).
 
-    A folder contributes its non-hidden files with an image extension, sorted by name (not recursive); a folder
-    without any is an error. A file is taken whatever its extension (decoding tells if it is an image); a path that
-    does not exist is an error.
+    A folder contributes its non-hidden regular files with an image extension, sorted by name (not recursive); a
+    folder without any is an error. A file is taken whatever its extension (decoding tells if it is an image); a
+    path that does not exist (or a symbolic link loop, a dangling link) is an error that says which.
     """
     exts = image_extensions()
     images, errors, folder = [], [], False
     for path in paths:
         if os.path.isdir(path):
             folder = True
-            names = sorted(n for n in os.listdir(path) if not n.startswith(".")
+            try:
+                entries = os.listdir(path)
+            except OSError as e:
+                errors.append((path, f"{path}: cannot list the folder ({e.strerror or e}); check its permissions"))
+                continue
+            names = sorted(n for n in entries if not n.startswith(".")
                            and os.path.splitext(n)[1].lower() in exts and os.path.isfile(os.path.join(path, n)))
             if not names:
                 errors.append((path, f"{path}: no image files in this folder (files named .jpg, .png or another "
-                                     f"extension Pillow opens; sub-folders are not searched)"))
+                                     f"extension of {', '.join(sorted(exts))[:60]}...; sub-folders are not "
+                                     f"searched)"))
             images.extend(os.path.join(path, n) for n in names)
-        elif os.path.exists(path):
-            images.append(path)
         else:
-            errors.append((path, f"{path}: no such file or folder; check the path"))
+            try:
+                os.stat(path)
+                images.append(path)
+            except OSError as e:
+                if e.errno == errno.ENOENT and not os.path.islink(path):
+                    errors.append((path, f"{path}: no such file or folder; check the path"))
+                else:
+                    errors.append((path, os_error_message(path, e, "an image file")))
+            except ValueError:                              # an embedded NUL character
+                errors.append((path, f"{path}: not a valid file name"))
     return images, errors, folder
+
+
+def save_targets(images, folder):
+    """DIR/<stem>.png for each image, in order; two inputs with one stem get cats.png, cats-2.png (compared
+    ignoring case, as on macOS and Windows file systems)."""
+    taken, targets = set(), []
+    for path in images:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        name, k = stem + ".png", 1
+        while name.casefold() in taken:
+            k += 1
+            name = f"{stem}-{k}.png"
+        taken.add(name.casefold())
+        targets.append(os.path.join(folder, name))
+    return targets
+
+
+def model_files(model):
+    """The local files a --model argument reads (itself, or a folder's files, and the config.json and
+    preprocessor_config.json beside a file); [] for a hub id."""
+    if os.path.isdir(model):
+        return [model]
+    if os.path.exists(model):
+        folder = os.path.dirname(model) or "."
+        return [model, os.path.join(folder, "config.json"), os.path.join(folder, "preprocessor_config.json")]
+    return []
+
+
+def check_outputs(args, images, targets):
+    """None, or the error message if an output would overwrite an input (or --coco-json one of the --save files)."""
+    ids = input_ids(list(images) + model_files(args.model))
+    for target in targets:
+        source = same_as_input(target, ids)
+        if source is not None:
+            return f"{target}: --save would overwrite the input {source}; choose another folder"
+    if args.coco_json:
+        source = same_as_input(args.coco_json, ids)
+        if source is not None:
+            return f"{args.coco_json}: --coco-json would overwrite the input {source}; choose another file name"
+        coco = os.path.realpath(args.coco_json)
+        if any(os.path.realpath(t) == coco for t in targets):
+            return f"{args.coco_json}: --coco-json names one of the --save images; choose another file name"
+    return None
 
 
 def coco_image_ids(paths):
@@ -145,9 +213,38 @@ def save_annotated(image, detections, id2label, path, threshold):
     """Draw boxes, names and scores on the image (plotting.plot_detections) and write it as PNG, atomically."""
     from .plotting import plot_detections
     panel = min(max(image.width / 100, 4.0), 20.0)          # inches at 100 dpi: about the image's own resolution
-    fig = plot_detections(image, detections, id2label=id2label, threshold=threshold, max_detections=100,
-                          title=f"{os.path.basename(path)}: {len(detections['scores'])} detections", panel=panel)
+    # matplotlib reads $...$ in a text as mathematics (and fails on an unbalanced one): labels are plain text
+    names = {k: str(v).replace("$", r"\$") for k, v in id2label.items()}
+    title = f"{os.path.basename(path)}: {len(detections['scores'])} detections".replace("$", r"\$")
+    fig = plot_detections(image, detections, id2label=names, threshold=threshold, max_detections=100, title=title,
+                          panel=panel)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+
+
+# C0 and C1 controls (newline, carriage return, ESC of ANSI sequences, ...), Unicode line and paragraph separators,
+# bidirectional overrides and isolates (which reorder what a terminal shows), and lone surrogates (bytes of a file
+# name that are not UTF-8, as os.fsdecode keeps them).
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(match):
+    c = match.group()
+    o = ord(c)
+    if 0xDC80 <= o <= 0xDCFF:                               # os.fsdecode's surrogateescape of byte o - 0xDC00
+        return f"\\x{o - 0xDC00:02x}"
+    return _NAMED.get(c) or (f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+
+
+def printable(text):
+    """`text` with everything that could end a line, move the cursor or reorder the display backslash-escaped, so
+    that a file name or a label can never forge another output line."""
+    return _UNPRINTABLE.sub(_escape, str(text))
+
+
+def _err(message):
+    """One line on stderr: "error: <message>" (escaped)."""
+    print(f"error: {printable(message)}", file=sys.stderr, flush=True)
 
 
 def _fmt(x):
@@ -158,10 +255,10 @@ def _fmt(x):
 def text_lines(result):
     """The human-readable lines of one image: header, then `label: score [x1, y1, x2, y2]` per detection."""
     dets = result["detections"]
-    lines = [f"{result['file']} ({result['width']}x{result['height']}): {len(dets)} detection"
+    lines = [f"{printable(result['file'])} ({result['width']}x{result['height']}): {len(dets)} detection"
              f"{'' if len(dets) == 1 else 's'}"]
     for d in dets:
-        lines.append(f"{d['label']}: {_fmt(d['score'])} [{', '.join(_fmt(v) for v in d['box'])}]")
+        lines.append(f"{printable(d['label'])}: {_fmt(d['score'])} [{', '.join(_fmt(v) for v in d['box'])}]")
     return lines
 
 
@@ -174,7 +271,7 @@ class _Progress:
 
     def image(self, i, n, path):
         if self.enabled:
-            print(f"[{i}/{n}] {os.path.basename(path)}", file=sys.stderr, flush=True)
+            print(f"[{i}/{n}] {printable(os.path.basename(path))}", file=sys.stderr, flush=True)
 
     def download(self, done, total):
         if self.tty:
@@ -183,105 +280,101 @@ class _Progress:
             print(f"\rdownloading model.safetensors: {done / 1e6:.1f}{of} MB", end=end, file=sys.stderr, flush=True)
 
 
+def _unexpected(what, error):
+    """The one line for an exception this package did not foresee (a bug, or memory exhausted)."""
+    if isinstance(error, MemoryError):
+        return f"{what}: out of memory; use a smaller --size or a smaller model, or free memory"
+    detail = str(error).splitlines()[0][:200] if str(error) else ""
+    return (f"{what}: unexpected {type(error).__name__}{': ' + detail if detail else ''} (a bug in rtdetrv2_np; "
+            f"please report it with the command line)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Ctrl-C
+# ---------------------------------------------------------------------------------------------------------------
+
+_interrupts = []                                            # SIGINTs received while main() runs
+
+
+def _on_sigint(signum, frame):
+    """Record the interrupt (so that it counts even if some library swallows the exception), then raise it."""
+    _interrupts.append(signum)
+    raise KeyboardInterrupt
+
+
+def _check_interrupted():
+    if _interrupts:
+        raise KeyboardInterrupt
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The command
 # ---------------------------------------------------------------------------------------------------------------
 
 def run(args):
+    """Check the inputs and outputs, load the model, detect in every image, write the outputs; the exit status."""
     from .loading import load_model
-    from .postprocess import post_process_object_detection, to_coco_results
-    from .preprocess import load_image, preprocess
+    from .postprocess import to_coco_results
 
     t0 = time.perf_counter()
     images, failures, folder = expand_inputs(args.images)
     for _, message in failures:
-        print(f"error: {message}", file=sys.stderr)
+        _err(message)
     if not images:
         return 1
     if args.save:                                           # check the outputs before the (slow) model load
         if os.path.exists(args.save) and not os.path.isdir(args.save):
-            print(f"error: {args.save}: exists and is not a folder; --save needs a folder", file=sys.stderr)
+            _err(f"{args.save}: exists and is not a folder; --save needs a folder")
             return 1
     if args.coco_json and os.path.isdir(args.coco_json):
-        print(f"error: {args.coco_json}: is a folder; --coco-json needs a file name", file=sys.stderr)
+        _err(f"{args.coco_json}: is a folder; --coco-json needs a file name")
+        return 1
+    targets = save_targets(images, args.save) if args.save else [None] * len(images)
+    clash = check_outputs(args, images, targets if args.save else [])
+    if clash:
+        _err(clash)
         return 1
 
     progress = _Progress(enabled=len(images) > 1 and (sys.stderr.isatty() or folder))
     try:
         model = load_model(args.model, method=args.method, revision=args.revision, progress=progress.download)
     except RTDetrError as e:
-        print(f"error: {e}", file=sys.stderr)
+        _err(str(e))
+        return 1
+    except Exception as e:                                  # noqa: BLE001 (one line, never a traceback)
+        _err(_unexpected(args.model, e))
         return 1
     if args.coco_json and model.config.num_labels != 80:
-        print(f"error: {args.model}: has {model.config.num_labels} classes, --coco-json needs a model of the 80 COCO "
-              f"classes", file=sys.stderr)
+        _err(f"{args.model}: has {model.config.num_labels} classes, --coco-json needs a model of the 80 COCO classes")
         return 1
-    id2label = model.id2label
     t_load = time.perf_counter() - t0
-
-    results, coco_dets, saved_names = [], [], set()
-    ids, numeric = coco_image_ids(images)
-    coco_ids = []
     if args.save:
-        os.makedirs(args.save, exist_ok=True)
-    for i, path in enumerate(images, 1):
-        progress.image(i, len(images), path)
         try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                image = load_image(path)
-            for w in caught:
-                print(f"warning: {path}: {w.message}", file=sys.stderr)
-            pixel_values, sizes = preprocess([image], tuple(args.size))          # [1, 3, H, W]
-            out = model(pixel_values)
-            det = post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes,
-                                                threshold=args.threshold)[0]
-            if args.save:
-                stem = os.path.splitext(os.path.basename(path))[0]
-                name, k = stem + ".png", 1
-                while name in saved_names:                   # two inputs with one name: cats.png, cats-2.png
-                    k += 1
-                    name = f"{stem}-{k}.png"
-                target = os.path.join(args.save, name)
-                if os.path.exists(target) and os.path.samefile(target, path):
-                    raise RTDetrError(f"{target}: --save would overwrite the input image; choose another folder")
-                save_annotated(image, det, id2label, target, args.threshold)
-                saved_names.add(name)
-        except RTDetrError as e:
-            print(f"error: {e}", file=sys.stderr)
-            failures.append((path, str(e)))
-            continue
-        except OSError as e:                                # writing the annotated image
-            message = f"{path}: cannot write the annotated image ({e.strerror or e})"
-            print(f"error: {message}", file=sys.stderr)
-            failures.append((path, message))
-            continue
-        results.append({
-            "file": path, "width": image.width, "height": image.height,
-            "detections": [{"label": id2label.get(int(l), str(int(l))), "label_id": int(l), "score": float(s),
-                            "box": [float(v) for v in b]}
-                           for s, l, b in zip(det["scores"], det["labels"], det["boxes"])]})
-        coco_dets.append(det)
-        coco_ids.append(ids[i - 1])
-        if not args.json:                                   # text: as each image is done; JSON: one document
-            print(("\n" if len(results) > 1 else "") + "\n".join(text_lines(results[-1])), flush=True)
+            os.makedirs(args.save, exist_ok=True)
+        except OSError as e:
+            _err(f"{args.save}: cannot create the folder ({e.strerror or e})")
+            return 1
 
+    results, detections, coco_ids = detect_images(model, images, targets, args, progress, failures)
+
+    _check_interrupted()                                    # nothing more is written after a Ctrl-C
     if args.coco_json and results:
+        ids, numeric = coco_image_ids(images)
         if not numeric:
             print("note: --coco-json: image ids are the images' positions 1, 2, ... (not every file name ends "
                   "in a distinct number)", file=sys.stderr)
-        records = to_coco_results(coco_dets, coco_ids)
+        records = to_coco_results(detections, [ids[i] for i in coco_ids])
         try:
             os.makedirs(os.path.dirname(os.path.abspath(args.coco_json)), exist_ok=True)
-            atomic_write(args.coco_json, json.dumps(records).encode())
+            atomic_write(args.coco_json, json.dumps(records, allow_nan=False).encode())
         except OSError as e:
-            print(f"error: {args.coco_json}: cannot write ({e.strerror or e})", file=sys.stderr)
+            _err(f"{args.coco_json}: cannot write ({e.strerror or e})")
             failures.append((args.coco_json, str(e)))
 
     if args.json:
         doc = {"model": args.model, "method": model.method, "threshold": args.threshold, "size": list(args.size),
                "images": results, "errors": [{"file": f, "error": m} for f, m in failures]}
-        print(json.dumps(doc))
+        print(json.dumps(doc, allow_nan=False))
 
     n = len(results)
     if n:                                                   # after a lone error, the error stays the only line
@@ -292,17 +385,91 @@ def run(args):
     return 1 if failures else 0
 
 
+def detect_images(model, images, targets, args, progress, failures):
+    """The per-image loop: load, preprocess, the model, post-process, --save, and the text output of each image.
+
+    An image that fails is reported (one error line) and added to `failures`; the others go on. Returns (results
+    for the JSON document, detections for --coco-json, the index in `images` of each result).
+    """
+    from .postprocess import post_process_object_detection
+    from .preprocess import load_image, preprocess
+
+    id2label = model.id2label
+    results, detections, indices = [], [], []
+    for i, (path, target) in enumerate(zip(images, targets)):
+        _check_interrupted()
+        progress.image(i + 1, len(images), path)
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                image = load_image(path)
+            for w in caught:
+                print(f"warning: {printable(path)}: {printable(w.message)}", file=sys.stderr)
+            pixel_values, sizes = preprocess([image], tuple(args.size))          # [1, 3, H, W]
+            out = model(pixel_values)
+            if not (np.isfinite(out.logits).all() and np.isfinite(out.pred_boxes).all()):
+                raise RTDetrError(f"{path}: the model's outputs are not finite (NaN or inf), so there are no "
+                                  f"detections to report; the weights {args.model} are damaged or unusable")
+            det = post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes,
+                                                threshold=args.threshold)[0]
+            if target is not None:
+                save_annotated(image, det, id2label, target, args.threshold)
+        except RTDetrError as e:
+            message = str(e)
+        except OSError as e:                                # writing the annotated image
+            message = f"{target or path}: cannot write the annotated image ({e.strerror or e})"
+        except Exception as e:                              # noqa: BLE001 (one line, never a traceback)
+            message = _unexpected(path, e)
+        else:
+            message = None
+        if message is not None:
+            _err(message)
+            failures.append((path, message))
+            continue
+        results.append({
+            "file": path, "width": image.width, "height": image.height,
+            "detections": [{"label": str(id2label.get(int(l), str(int(l)))), "label_id": int(l), "score": float(s),
+                            "box": [float(v) for v in b]}
+                           for s, l, b in zip(det["scores"], det["labels"], det["boxes"])]})
+        detections.append(det)
+        indices.append(i)
+        if not args.json:                                   # text: as each image is done; JSON: one document
+            print(("\n" if len(results) > 1 else "") + "\n".join(text_lines(results[-1])), flush=True)
+    return results, detections, indices
+
+
 def main(argv=None):
+    for stream in (sys.stdout, sys.stderr):                 # a name the terminal cannot show never stops the run
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     args = parse_args(argv)
+    del _interrupts[:]
     try:
-        return run(args)
+        previous = signal.signal(signal.SIGINT, _on_sigint)
+    except (ValueError, OSError, AttributeError):           # not the main thread, or no signals here
+        previous = None
+    try:
+        status = run(args)
+        sys.stdout.flush()
     except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+        status = 130
     except BrokenPipeError:                                 # stdout closed early, e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error when Python flushes
         return 1
+    except Exception as e:                                  # noqa: BLE001 (one line, never a traceback)
+        _err(_unexpected("detect", e))
+        status = 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    if _interrupts:                                         # even if some library swallowed the KeyboardInterrupt
+        _err("interrupted")
+        status = 130
+    return status
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if hasattr(signal, "SIGINT"):                           # from here on, Ctrl-C ends the process as SIGINT does
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+    sys.exit(status)

@@ -218,7 +218,7 @@ def bad_image(kind, folder):
         return folder / "missing.png", "missing.png: no such file or folder; check the path"
     if kind == "not an image":
         (folder / "notes.jpg").write_text("these are notes, not a JPEG\n")
-        return folder / "notes.jpg", "notes.jpg: not an image file Pillow can read"
+        return folder / "notes.jpg", "notes.jpg: not an image file of a supported format (JPEG, PNG, BMP, GIF"
     if kind == "truncated":
         data = (ROOT / CATS).read_bytes()
         (folder / "cut.png").write_bytes(data[: len(data) // 2])
@@ -260,7 +260,8 @@ def test_bad_image_in_a_folder_is_skipped_and_the_rest_processed(model_dir, tmp_
     assert [Path(i["file"]).name for i in doc["images"]] == ["a.png", "c.png"]
     assert len(doc["errors"]) == 1 and doc["errors"][0]["file"] == str(folder / "b.jpg")
     errors = [l for l in r.stderr.splitlines() if l.startswith("error: ")]
-    assert errors == [f"error: {folder / 'b.jpg'}: not an image file Pillow can read; pass a JPEG, PNG or other image"]
+    assert errors == [f"error: {folder / 'b.jpg'}: not an image file of a supported format (JPEG, PNG, BMP, GIF, "
+                      f"TIFF, WebP, PPM/PGM/PBM); convert it to JPEG or PNG"]
     assert TIMING.match(r.stderr.splitlines()[-1]) and r.stderr.splitlines()[-1].endswith(", 1 failed")
     assert files_in(tmp_path / "ann") == ["a.png", "c.png"]
 

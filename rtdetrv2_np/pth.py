@@ -320,7 +320,8 @@ class _PickleReader:
             if op is None:
                 name = _REFUSED.get(bytes([code]))
                 raise _Refused(f"pickle instruction {name or bytes([code])!r} at byte {self.pos - 1}, which a "
-                               f"torch.save checkpoint of tensors never contains" + ("" if name else " (not a pickle?)"))
+                               f"torch.save checkpoint of tensors never contains"
+                               + ("" if name else " (not a pickle?)"))
             if op():                                       # STOP returns True
                 return self.pop()
 

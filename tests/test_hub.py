@@ -123,7 +123,8 @@ def test_interrupted_transfer_leaves_nothing(env, fake):
 
 def test_checksum_mismatch(env, fake):
     fake.corrupt = True
-    with pytest.raises(RTDetrError, match=r"failed verification: its sha256 is [0-9a-f]{64}, the hub says [0-9a-f]{64}"):
+    with pytest.raises(RTDetrError, match=r"failed verification: its sha256 is [0-9a-f]{64}, the hub says "
+                                          r"[0-9a-f]{64}"):
         hf_hub_download(REPO, "model.safetensors")
     blobs = os.path.join(env, FOLDER, "blobs")
     assert not os.path.isdir(blobs) or os.listdir(blobs) == []

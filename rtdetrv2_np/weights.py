@@ -13,13 +13,16 @@ params["model"]["decoder"]["layers"][0]["fc1"]["weight"] (numbered parts become 
 """
 
 import json
+import math
 import os
+import reprlib
 
 import numpy as np
 
 from .errors import RTDetrError
 from .model.backbone import shortcut_layout
 from .model.config import config_from_dict
+from .model.nn import IM2COL_BLOCK
 
 
 def expected_shapes(cfg):
@@ -319,10 +322,54 @@ def read_config(path):
 
 
 def parse_config(d, source):
+    """The Config of a config.json dict, every field checked (model.config: used, inert, refused) and its memory
+    estimated before anything is allocated; RTDetrError naming the field and what is allowed, or the estimate."""
     if not isinstance(d, dict) or d.get("model_type") not in (None, "rt_detr_v2", "rt_detr"):
         kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
-        raise RTDetrError(f"{source}: model_type {kind!r} is not an RT-DETRv2 config")
+        raise RTDetrError(f"{source}: model_type {reprlib.repr(kind)} is not an RT-DETRv2 config")
     try:
-        return config_from_dict(d)
+        cfg = config_from_dict(d)
     except (TypeError, ValueError) as e:
-        raise RTDetrError(f"{source}: unsupported config ({e})") from None
+        raise RTDetrError(f"{source}: unsupported config: {e}") from None
+    n, param_bytes, act_bytes = estimate_memory(cfg)
+    if param_bytes + act_bytes > MAX_MODEL_BYTES:
+        raise RTDetrError(f"{source}: the config describes a model of {n:,} parameters ({param_bytes / 2**30:.1f} "
+                          f"GiB) needing about {act_bytes / 2**30:.1f} GiB of activations for a 640x640 image, more "
+                          f"than the {MAX_MODEL_BYTES / 2**30:.0f} GiB this package accepts (the largest published "
+                          f"model, r101vd, needs 0.65 GiB): check its sizes")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What a config costs, estimated from its sizes alone (nothing allocated)
+# ---------------------------------------------------------------------------------------------------------------
+
+MAX_MODEL_BYTES = 8 << 30   # parameters + activations for one 640x640 image; r101vd needs 0.65 GiB, so 8 GiB only
+                            # refuses absurd configs (issue: a 1 KB config.json must not exhaust the machine)
+
+
+def estimate_memory(cfg, height=640, width=640, batch=1):
+    """(parameters, their float32 bytes, activation bytes) of cfg for a batch of height x width images.
+
+    Parameters: exact, from expected_shapes (bounded: config_from_dict caps every count). Activations: the sum of
+    the sizes of the main float32 intermediates of one forward pass, as if all were alive at once (an
+    over-estimate, meant only to refuse absurd configs; 3-4x the tracemalloc peak of r18vd / r50vd): backbone maps
+    (x3 for a block's input, branch and shortcut) and the convolutions' im2col buffer, encoder maps (x6:
+    projections, lateral, concatenations, CSP branches), AIFI's M x N x N attention, query selection's
+    Nv x (4 d + NC + 4), the decoder's M x Nq x Nq self-attention, FFN and sampled values.
+    """
+    n_params = sum(math.prod(shape) for shape in expected_shapes(cfg).values())
+    levels = [(height // s, width // s) for s in (8, 16, 32)]                    # (H_l, W_l)
+    Nv = sum(h * w for h, w in levels)
+    hw = height * width
+    backbone = 3 * cfg.embedding_size * hw // 4 + sum(3 * c * hw // 4 ** (i + 2)
+                                                       for i, c in enumerate(cfg.hidden_sizes)) + IM2COL_BLOCK
+    C, F, M = cfg.encoder_hidden_dim, cfg.encoder_ffn_dim, cfg.encoder_attention_heads
+    aifi = sum(2 * M * n * n + F * n + 4 * C * n for n in (levels[l][0] * levels[l][1]
+                                                           for l in cfg.encode_proj_layers))
+    encoder = 6 * C * Nv + (aifi if cfg.encoder_layers else 0)
+    d, Nq, K = cfg.d_model, cfg.num_queries, sum(cfg.n_points)
+    selection = Nv * (4 * d + cfg.num_labels + 4)
+    decoder = 2 * cfg.decoder_attention_heads * Nq * Nq + cfg.decoder_ffn_dim * Nq + 4 * Nq * K * d + 8 * Nq * d \
+        + Nv * d
+    return n_params, 4 * n_params, 4 * batch * (backbone + encoder + selection + decoder)

@@ -6,7 +6,8 @@ compare against; the tests themselves never import torch.
 
 For one case (a config, a weight seed, images, an input size, a sampling method) it:
   1. builds the config: `variant_config(name)` or a tiny config via `config_from_dict`, and from it the transformers
-     config (`RTDetrV2Config(**cfg.to_hf_dict())`, without our own key `decoder_eval_idx`);
+     config (`RTDetrV2Config(**cfg.to_hf_dict())`, without our own key `decoder_eval_idx`, plus the inert fields
+     and activation names a case writes, as it writes them);
   2. makes deterministic random weights, `random_params(expected_shapes(cfg), seed, cfg.n_points)` (the tests make
      the same weights without torch), writes them as `model.safetensors` + `config.json` into a directory laid out
      like a hub model directory, loads it with `RTDetrV2ForObjectDetection.from_pretrained` and checks that every
@@ -15,7 +16,9 @@ For one case (a config, a weight seed, images, an input size, a sampling method)
   3. builds the input with Pillow exactly as the tests do (bilinear resize to W x H, float32 x / 255, CHW);
   4. runs the model under `torch.no_grad()` with 2 threads and records every stage by name (forward hooks, plus
      temporary wrappers around `torch.topk`, `multi_scale_deformable_attention_v2` and the model's
-     `generate_anchors` during the forward; transformers' files are not edited);
+     `generate_anchors` during the forward; transformers' files are not edited). With learn_initial_query the
+     Embedding module gets a `tile` for that call: transformers 5.24 calls `weight_embedding.tile`, which the
+     module does not have (an AttributeError), meaning its weight's, as the official code does;
   5. checks that the top-k query selection is well separated (else tries the next seed) and prints activation
      statistics;
   6. saves `meta.json` and `outputs.npz` under tests/fixtures/reference/<case>/ (format: that folder's README.md).
@@ -24,6 +27,7 @@ Usage (in the reference environment, torch 2.13.0+cpu and transformers 5.24.0; s
     python tools/record_reference.py --all
     python tools/record_reference.py --case r18vd_640 --case tiny_basic
     python tools/record_reference.py --list
+    python tools/record_reference.py --fields     # transformers_config_fields.json: the config classes' fields
 
 Glossary of shape letters: B batch, C channels, H_l / W_l size of level l (strides 8, 16, 32), L levels, M heads,
 K total sampling points per head (L * K_l), Nq queries, Nv = sum_l H_l * W_l, NC classes, d d_model.
@@ -51,7 +55,7 @@ from transformers.models.rt_detr_v2 import modeling_rt_detr_v2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-from rtdetrv2_np.model.config import config_from_dict, variant_config  # noqa: E402
+from rtdetrv2_np.model.config import ACTIVATIONS, INERT_FIELDS, config_from_dict, variant_config  # noqa: E402
 from rtdetrv2_np.random_weights import random_params  # noqa: E402
 from rtdetrv2_np.weights import expected_shapes  # noqa: E402
 
@@ -97,6 +101,17 @@ TINY_BASIC = dict(
 TINY_BOTTLENECK = dict(TINY_BASIC, layer_type="bottleneck", depths=[1, 1, 2, 1], hidden_sizes=[16, 32, 64, 128],
                        encoder_in_channels=[32, 64, 128], hidden_expansion=1.0)
 
+# Every inert field transformers builds a loadable model with, at a value other than its default: transformers in
+# eval mode must give what it gives without them (tests/test_config.py). Not here: tie_word_embeddings=False (the
+# top-level class_embed / bbox_embed would then be separate tensors our files do not hold) and the bookkeeping ones.
+INERT_VALUES = dict(
+    initializer_range=0.5, initializer_bias_prior_prob=0.3, freeze_backbone_batch_norms=False, dropout=0.3,
+    activation_dropout=0.3, attention_dropout=0.3, num_denoising=0, label_noise_ratio=0.1, box_noise_scale=0.1,
+    with_box_refine=False, is_encoder_decoder=False, matcher_alpha=0.1, matcher_gamma=1.0, matcher_class_cost=1.0,
+    matcher_bbox_cost=1.0, matcher_giou_cost=1.0, use_focal_loss=False, auxiliary_loss=False, focal_loss_alpha=0.1,
+    focal_loss_gamma=1.0, weight_loss_vfl=2.0, weight_loss_bbox=1.0, weight_loss_giou=1.0, eos_coefficient=0.5,
+)
+
 CASES = {
     # name: (variant or None, config overrides / tiny config, image keys, (H, W), store)
     "tiny_basic": (None, TINY_BASIC, ["cats", "4016"], (96, 64), "tiny"),
@@ -110,6 +125,25 @@ CASES = {
     "r50vd_m_640": ("r50vd_m", {}, ["cats"], (640, 640), "e2e"),
     "r50vd_640": ("r50vd", {}, ["cats"], (640, 640), "e2e"),
     "r101vd_640": ("r101vd", {}, ["cats"], (640, 640), "e2e"),
+    # One config field at a value other than its default (tests/test_config.py), end to end, weights not committed.
+    "tiny_learn_initial_query": (None, dict(TINY_BASIC, learn_initial_query=True), ["cats"], (96, 64), "e2e"),
+    "tiny_anchor_image_size": (None, dict(TINY_BASIC, anchor_image_size=[64, 96]), ["cats"], (96, 64), "e2e"),
+    "tiny_batch_norm_eps": (None, dict(TINY_BASIC, batch_norm_eps=0.1, freeze_backbone_batch_norms=False),
+                            ["cats"], (96, 64), "e2e"),
+    "tiny_layer_norm_eps": (None, dict(TINY_BASIC, layer_norm_eps=0.1), ["cats"], (96, 64), "e2e"),
+    "tiny_eval_size": (None, dict(TINY_BASIC, eval_size=640), ["cats"], (96, 64), "e2e"),
+    "tiny_activations": (None, dict(TINY_BASIC, activation_function="relu", encoder_activation_function="swish",
+                                    decoder_activation_function="gelu"), ["cats"], (96, 64), "e2e"),
+    "tiny_activations_b": (None, dict(TINY_BASIC, activation_function="swish", encoder_activation_function="relu",
+                                      decoder_activation_function="silu"), ["cats"], (96, 64), "e2e"),
+    "tiny_activations_c": (None, dict(TINY_BASIC, activation_function="gelu", encoder_activation_function="silu",
+                                      decoder_activation_function="swish"), ["cats"], (96, 64), "e2e"),
+    "tiny_encoder_fields": (None, dict(TINY_BASIC, encoder_layers=2, encode_proj_layers=[1, 2],
+                                       positional_encoding_temperature=20), ["cats"], (96, 64), "e2e"),
+    "tiny_no_aifi": (None, dict(TINY_BASIC, encoder_layers=0), ["cats"], (96, 64), "e2e"),
+    "tiny_decoder_fields": (None, dict(TINY_BASIC, decoder_offset_scale=1.0, decoder_n_points=3), ["cats"],
+                            (96, 64), "e2e"),
+    "tiny_inert_fields": (None, dict(TINY_BASIC, **INERT_VALUES), ["cats"], (96, 64), "e2e"),
 }
 
 
@@ -123,10 +157,16 @@ def case_config(name):
     return config_from_dict(d)
 
 
-def hf_config_dict(cfg):
+def case_hf_extra(name):
+    """Fields transformers gets as the case writes them: inert ones (config_from_dict checks and drops them) and
+    activation names (config_from_dict stores ACT2CLS's "swish" as "silu")."""
+    return {k: v for k, v in CASES[name][1].items() if k in INERT_FIELDS or k in ACTIVATIONS}
+
+
+def hf_config_dict(cfg, extra=None):
     """The config.json dict given to transformers: our to_hf_dict() minus our own keys, with the types that
-    RTDetrV2Config's strict field validation wants."""
-    d = cfg.to_hf_dict()
+    RTDetrV2Config's strict field validation wants, plus `extra` (inert fields)."""
+    d = dict(cfg.to_hf_dict(), **(extra or {}))
     d.pop("decoder_eval_idx", None)               # ours: transformers always runs every decoder layer
     t = d.get("positional_encoding_temperature")
     if isinstance(t, float) and t.is_integer():    # RTDetrV2Config declares it `int` and refuses 10000.0
@@ -157,12 +197,12 @@ def load_pixels(image_keys, size):
 # Model
 # ---------------------------------------------------------------------------------------------------------------
 
-def write_model_dir(path, cfg, seed):
+def write_model_dir(path, cfg, seed, extra=None):
     """model.safetensors + config.json, as in a hub model directory. Returns (hf config dict, params)."""
     params = random_params(expected_shapes(cfg), seed, cfg.n_points)
     os.makedirs(path, exist_ok=True)
     save_file(params, os.path.join(path, "model.safetensors"), metadata={"format": "pt"})
-    d = hf_config_dict(cfg)
+    d = hf_config_dict(cfg, extra)
     with open(os.path.join(path, "config.json"), "w") as f:
         json.dump(d, f, indent=2, sort_keys=True)
     return d, params
@@ -254,8 +294,9 @@ def run_recorded(model, pixel_values, cfg):
         lambda mod, inp, out: rec.update({f"backbone.{l}": _np(f) for l, (f, _mask) in enumerate(out)})))
     for l, proj in enumerate(m.encoder_input_proj):
         hooks.append(proj.register_forward_hook(keep(f"encoder.input_proj.{l}")))
-    assert len(m.encoder.aifi) == 1, "one AIFI layer (encode_proj_layers = [2])"
-    hooks.append(m.encoder.aifi[0].register_forward_hook(keep("encoder.aifi")))
+    assert len(m.encoder.aifi) == len(cfg.encode_proj_layers)
+    if cfg.encoder_layers and len(m.encoder.aifi):                     # the last AIFI module, as our trace keeps
+        hooks.append(m.encoder.aifi[-1].register_forward_hook(keep("encoder.aifi")))
     for l, proj in enumerate(m.decoder_input_proj):                      # only to check `memory`
         hooks.append(proj.register_forward_hook(keep(f"_decoder_input_proj.{l}")))
 
@@ -286,6 +327,12 @@ def run_recorded(model, pixel_values, cfg):
     modeling_rt_detr_v2.multi_scale_deformable_attention_v2 = msda
     torch.topk = topk
     m.generate_anchors = generate_anchors
+    if cfg.learn_initial_query:
+        # transformers 5.24 calls `self.weight_embedding.tile([B, 1, 1])` on the nn.Embedding module, an
+        # AttributeError; it means the embedding's weight, as the official code's
+        # `tgt_embed.weight.unsqueeze(0).tile([B, 1, 1])` does. Only for this forward call, the module gets that
+        # `tile`; nothing else of transformers changes.
+        m.weight_embedding.tile = m.weight_embedding.weight.tile
     try:
         with torch.no_grad():
             out = model(pixel_values=torch.from_numpy(pixel_values))
@@ -293,6 +340,8 @@ def run_recorded(model, pixel_values, cfg):
         modeling_rt_detr_v2.multi_scale_deformable_attention_v2 = orig_msda
         torch.topk = orig_topk
         del m.generate_anchors
+        if cfg.learn_initial_query:
+            del m.weight_embedding.tile
         for h in hooks:
             h.remove()
 
@@ -300,8 +349,15 @@ def run_recorded(model, pixel_values, cfg):
     L, M, K = cfg.num_feature_levels, cfg.decoder_attention_heads, sum(cfg.n_points)
     for l, f in enumerate(out.encoder_last_hidden_state):
         rec[f"encoder.output.{l}"] = _np(f)
-    assert len(anchor_calls) == 1 and len(topk_calls) == 1, (len(anchor_calls), len(topk_calls))
-    rec["anchors"], rec["valid_mask"] = anchor_calls[0]                 # [1, Nv, 4], [1, Nv, 1] bool
+    assert len(topk_calls) == 1, len(topk_calls)
+    if cfg.anchor_image_size is None:
+        assert len(anchor_calls) == 1, len(anchor_calls)
+        rec["anchors"], rec["valid_mask"] = anchor_calls[0]             # [1, Nv, 4], [1, Nv, 1] bool
+    else:                                                               # made once in RTDetrV2Model.__init__
+        assert not anchor_calls, len(anchor_calls)
+        rec["anchors"], rec["valid_mask"] = _np(m.anchors), _np(m.valid_mask)
+    if cfg.learn_initial_query:                                         # the same learned queries for each image
+        assert np.array_equal(rec["target"], np.broadcast_to(_np(m.weight_embedding.weight), rec["target"].shape))
     rec["enc_logits"] = _np(out.enc_outputs_class)                      # [B, Nv, NC]
     rec["enc_coord_logits"] = _np(out.enc_outputs_coord_logits)         # [B, Nv, 4]
     shape, k, idx = topk_calls[0]
@@ -472,7 +528,7 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
     for seed in range(MAX_SEED):
         with tempfile.TemporaryDirectory() as tmp:
             model_dir = os.path.join(tmp, "model")
-            hf_dict, params = write_model_dir(model_dir, cfg, seed)
+            hf_dict, params = write_model_dir(model_dir, cfg, seed, case_hf_extra(name))
             model, load_check = load_checked(model_dir)
             rec, spatial = run_recorded(model, pixel_values, cfg)
             sel = selection_margins(rec, Nq)
@@ -515,7 +571,7 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
     if store == "tiny":
         # The exact files transformers loaded (written above for the seed kept).
         with tempfile.TemporaryDirectory() as tmp:
-            write_model_dir(tmp, cfg, seed)
+            write_model_dir(tmp, cfg, seed, case_hf_extra(name))
             for f in ("config.json", "model.safetensors"):
                 shutil.copy(os.path.join(tmp, f), case_dir / f)
 
@@ -568,11 +624,62 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
     return meta
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The field list of transformers' configs (tests/test_config.py classifies every one, without transformers)
+# ---------------------------------------------------------------------------------------------------------------
+
+FIELDS_FILE = "transformers_config_fields.json"
+
+
+def _json_default(v):
+    """A default value as JSON: numbers, strings, booleans, null, lists (tuples too); anything else as its repr."""
+    if isinstance(v, (list, tuple)):
+        return [_json_default(x) for x in v]
+    return v if isinstance(v, (int, float, str, bool, type(None))) else repr(v)
+
+
+def record_fields(out_root=FIXTURES):
+    """Write <out_root>/transformers_config_fields.json: every field of RTDetrV2Config and RTDetrResNetConfig
+    (dataclass fields, which include PreTrainedConfig's, and the keys to_dict() writes) with its default, the
+    activation names of ACT2CLS with the class each one builds, and a complete config.json as save_pretrained
+    writes it for the tiny_basic architecture."""
+    import dataclasses
+    from transformers import RTDetrResNetConfig, RTDetrV2Config
+    from transformers.activations import ACT2CLS
+
+    def describe(cls, obj):
+        fs = dataclasses.fields(cls)
+        return {"fields": sorted(f.name for f in fs),
+                "to_dict_keys": sorted(obj.to_dict()),
+                "defaults": {f.name: _json_default(getattr(obj, f.name, None)) for f in fs
+                             if f.name != "backbone_config"}}
+
+    top = RTDetrV2Config()
+    case = case_config("tiny_basic")
+    with tempfile.TemporaryDirectory() as tmp:
+        RTDetrV2Config(**hf_config_dict(case)).save_pretrained(tmp)
+        written = json.loads(Path(tmp, "config.json").read_text())
+    out = {
+        "transformers": transformers.__version__,
+        "command": "python tools/record_reference.py --fields  (reference environment: tools/README.md)",
+        "RTDetrV2Config": describe(RTDetrV2Config, top),
+        "RTDetrResNetConfig": describe(RTDetrResNetConfig, top.backbone_config),
+        "ACT2CLS": {name: ACT2CLS[name].__name__ if isinstance(ACT2CLS[name], type) else
+                    ACT2CLS[name][0].__name__ for name in sorted(ACT2CLS)},
+        "save_pretrained_config_json": {"case": "tiny_basic", "config.json": written},
+    }
+    path = Path(out_root) / FIELDS_FILE
+    path.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {path}: {len(out['RTDetrV2Config']['fields'])} RTDetrV2Config fields, "
+          f"{len(out['RTDetrResNetConfig']['fields'])} RTDetrResNetConfig fields", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--all", action="store_true", help="record every case")
     ap.add_argument("--case", action="append", default=[], help="record this case (repeatable)")
     ap.add_argument("--list", action="store_true", help="list the cases")
+    ap.add_argument("--fields", action="store_true", help=f"write {FIELDS_FILE} (transformers' config fields)")
     ap.add_argument("--out", default=str(FIXTURES), help="fixture root (default tests/fixtures/reference)")
     ap.add_argument("--hub-r18vd", default=os.environ.get(HUB_R18VD_ENV),
                     help="PekingU/rtdetr_v2_r18vd's model.safetensors, or a listing of its tensors: also check the "
@@ -582,6 +689,11 @@ def main(argv=None):
         for k, (variant, _, imgs, size, store) in CASES.items():
             print(f"{k:22s} {variant or 'tiny':8s} {'+'.join(imgs):10s} {size[0]}x{size[1]}  {store}")
         return
+    if args.fields:
+        transformers.logging.set_verbosity_error()
+        record_fields(args.out)
+        if not (args.all or args.case):
+            return
     names = list(CASES) if args.all else args.case
     unknown = [n for n in names if n not in CASES]
     if unknown or not names:

@@ -64,8 +64,10 @@ def aifi(x, p, cfg):
     """AIFI ([1] Eq. (1)): flatten the map to tokens, run the encoder layer(s), reshape back. [B, C, H, W] -> same."""
     B, C, H, W = x.shape
     tokens = x.reshape(B, C, H * W).transpose(0, 2, 1)                            # [B, H*W, C]
-    # transformers drops the embedding in eval mode when config.eval_size is set (RTDetrV2AIFILayer.forward);
-    # no published config sets it.
+    # config.eval_size set: transformers drops the embedding at inference (RTDetrV2AIFILayer.forward: pos_embed =
+    # None unless training), and so do we. The official code instead adds an embedding precomputed for the map
+    # size eval_spatial_size // stride ([4] hybrid_encoder.py HybridEncoder.__init__ / forward, buffer
+    # pos_embed{idx}), whatever the input size; no hub config sets eval_size.
     pos = None if cfg.eval_size is not None else \
         sincos_position_embedding(H, W, C, cfg.positional_encoding_temperature, x.dtype)   # [H*W, C]
     for layer in p["layers"]:
@@ -78,27 +80,27 @@ def aifi(x, p, cfg):
 # CCFF: CNN-based cross-scale feature fusion ([1] §4.2 and its figure of the fusion block)
 # ----------------------------------------------------------------------------------------------------------------
 
-def rep_vgg_block(x, p, act):
+def rep_vgg_block(x, p, act, eps=1e-5):
     """RepVGG block [9] without identity branch: act(BN(conv3x3(x)) + BN(conv1x1(x))). [B, C', H, W] -> same."""
-    y = conv_norm(x, p["conv1"])                                                  # [B, C', H, W]
-    y += conv_norm(x, p["conv2"])
+    y = conv_norm(x, p["conv1"], eps=eps)                                         # [B, C', H, W]
+    y += conv_norm(x, p["conv2"], eps=eps)
     return activation_(y, act)
 
 
-def csp_rep_layer(x, p, act):
+def csp_rep_layer(x, p, act, eps=1e-5):
     """CSPRepLayer, the fusion block of [1] §4.2: two 1x1 branches, one through 3 RepVGG blocks, summed.
 
     x [B, 2C, H, W] -> [B, C, H, W]. Width inside C' = C * hidden_expansion (0.5 for r18/r34/r50vd_m); when
     C' != C a last 1x1 conv3 restores C, else conv3 is the identity (r50vd, r101vd have no conv3 weights).
     """
-    a = conv_norm(x, p["conv1"], act=act)                                         # [B, C', H, W]
+    a = conv_norm(x, p["conv1"], act=act, eps=eps)                                # [B, C', H, W]
     for block in p["bottlenecks"]:
-        a = rep_vgg_block(a, block, act)
-    a += conv_norm(x, p["conv2"], act=act)                                        # [B, C', H, W]
-    return conv_norm(a, p["conv3"], act=act) if "conv3" in p else a               # [B, C, H, W]
+        a = rep_vgg_block(a, block, act, eps)
+    a += conv_norm(x, p["conv2"], act=act, eps=eps)                               # [B, C', H, W]
+    return conv_norm(a, p["conv3"], act=act, eps=eps) if "conv3" in p else a      # [B, C, H, W]
 
 
-def ccfm(maps, p, act="silu"):
+def ccfm(maps, p, act="silu", eps=1e-5):
     """Top-down then bottom-up fusion ([1] §4.2; [5] RTDetrV2HybridEncoder.forward). maps = [P3, P4, F5].
 
     Top-down, for the coarse-to-fine pairs (F5, P4), then (I4, P3):
@@ -106,21 +108,22 @@ def ccfm(maps, p, act="silu"):
         I = fpn_block(concat[upsample2x(L), fine])      the upsampled map comes first in the concat
     Bottom-up, from O3 = I3:
         O = pan_block(concat[downsample_conv(O_finer), L_same_level])   3x3 stride-2 conv; uses L, not I
-    Returns [O3, O4, O5], each [B, C, H_l, W_l].
+    Returns [O3, O4, O5], each [B, C, H_l, W_l]. eps: config.batch_norm_eps, which transformers gives every
+    BatchNorm here (RTDetrV2ConvNormLayer).
     """
     n = len(maps)
     inner = [maps[-1]]                                                           # coarsest first
     for i in range(n - 1):
-        lateral = conv_norm(inner[-1], p["lateral_convs"][i], act=act)           # [B, C, H_{l+1}, W_{l+1}]
+        lateral = conv_norm(inner[-1], p["lateral_convs"][i], act=act, eps=eps)  # [B, C, H_{l+1}, W_{l+1}]
         inner[-1] = lateral
         fused = np.concatenate([upsample_nearest2x(lateral), maps[n - 2 - i]], axis=1)  # [B, 2C, H_l, W_l]
-        inner.append(csp_rep_layer(fused, p["fpn_blocks"][i], act))              # [B, C, H_l, W_l]
+        inner.append(csp_rep_layer(fused, p["fpn_blocks"][i], act, eps))         # [B, C, H_l, W_l]
     inner.reverse()                                                              # [I3, L4, L5]
     outs = [inner[0]]
     for i in range(n - 1):
-        down = conv_norm(outs[-1], p["downsample_convs"][i], stride=2, act=act)  # [B, C, H_{l+1}, W_{l+1}]
+        down = conv_norm(outs[-1], p["downsample_convs"][i], 2, act, eps)        # [B, C, H_{l+1}, W_{l+1}]
         fused = np.concatenate([down, inner[i + 1]], axis=1)                     # [B, 2C, H_{l+1}, W_{l+1}]
-        outs.append(csp_rep_layer(fused, p["pan_blocks"][i], act))               # [B, C, H_{l+1}, W_{l+1}]
+        outs.append(csp_rep_layer(fused, p["pan_blocks"][i], act, eps))          # [B, C, H_{l+1}, W_{l+1}]
     return outs
 
 
@@ -132,6 +135,7 @@ def hybrid_encoder(features, p_input_proj, p_encoder, cfg, trace=None):
     """
     maps = []
     for l, (x, proj) in enumerate(zip(features, p_input_proj)):
+        # eps 1e-5, not config.batch_norm_eps: transformers builds these BatchNorm2d with PyTorch's default
         y = conv_bn(x, proj[0]["weight"], proj[1])                               # [B, C, H_l, W_l]
         maps.append(y)
         if trace is not None:
@@ -141,4 +145,4 @@ def hybrid_encoder(features, p_input_proj, p_encoder, cfg, trace=None):
             maps[level] = aifi(maps[level], p_encoder["encoder"][i], cfg)         # [B, C, H_2, W_2]
             if trace is not None:
                 trace["encoder.aifi"] = maps[level]
-    return ccfm(maps, p_encoder, act=cfg.activation_function)
+    return ccfm(maps, p_encoder, act=cfg.activation_function, eps=cfg.batch_norm_eps)

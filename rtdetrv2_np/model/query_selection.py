@@ -16,7 +16,8 @@ Steps (per image; Nv = sum of H_l * W_l over the L levels):
     enc_logits = enc_score_head(out)                      [B, Nv, NC] class logits
     enc_coord_logits = enc_bbox_head(out) + anchors       [B, Nv, 4]  box logits, refined from the anchor
     index = top-Nq of max_c enc_logits                    ranked by the raw max class logit, descending
-    target = out[index]                                   initial query content (not a learned embedding)
+    target = out[index]                                   initial query content (config.learn_initial_query:
+                                                          a learned embedding instead, model.weight_embedding)
     reference_boxes = sigmoid(enc_coord_logits[index])    initial reference boxes
 Only this local copy of memory is masked; the decoder's cross-attention reads the unmasked memory.
 """
@@ -51,13 +52,40 @@ def generate_anchors(spatial_shapes, dtype=np.float32):
     return np.where(valid[:, None], logits, np.finfo(dtype).max), valid
 
 
-def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None):
+def anchor_grid(anchor_image_size, strides=(8, 16, 32)):
+    """The level shapes whose anchors transformers fixes when config.anchor_image_size = (H, W) is set.
+
+    [5] RTDetrV2Model.__init__ precomputes anchors once for (int(H / s), int(W / s)) at each of
+    config.feat_strides (8, 16, 32), and forward uses them for every input instead of the input's own grid (the
+    official code does the same with eval_spatial_size, [4] `_generate_anchors` / `_get_decoder_input`).
+    """
+    H, W = anchor_image_size
+    return [(int(H / s), int(W / s)) for s in strides]
+
+
+def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None, anchor_image_size=None,
+                   learn_initial_query=False):
     """Query selection. memory [B, Nv, C] -> (target [B, Nq, C], reference_boxes [B, Nq, 4], index [B, Nq]).
 
-    p is params["model"] (enc_output, enc_score_head, enc_bbox_head). If `trace` is a dict the intermediates go in
-    it under "anchors", "valid_mask", "enc_logits", "enc_coord_logits", "topk_index", "reference_boxes", "target".
+    p is params["model"] (enc_output, enc_score_head, enc_bbox_head; weight_embedding if learn_initial_query).
+    anchor_image_size: config.anchor_image_size; when set, the anchors are those of that input size (anchor_grid),
+    as in transformers: an input with as many positions Nv but another grid gets them too, one with another Nv is
+    refused (transformers fails to broadcast). learn_initial_query: the initial target is the learned
+    weight_embedding [Nq, C], the same for every image ([4] `tgt_embed.weight.unsqueeze(0).tile([B, 1, 1])`;
+    [5] means the same but calls `.tile` on the Embedding module, an AttributeError in transformers 5.24).
+    If `trace` is a dict the intermediates go in it under "anchors", "valid_mask", "enc_logits",
+    "enc_coord_logits", "topk_index", "reference_boxes", "target".
     """
-    anchors, valid = generate_anchors(spatial_shapes, memory.dtype)               # [Nv, 4], [Nv]
+    B, Nv, C = memory.shape
+    grid = spatial_shapes if anchor_image_size is None else anchor_grid(anchor_image_size)
+    if sum(h * w for h, w in grid) != Nv:
+        raise ValueError(f"config.anchor_image_size {list(anchor_image_size)} fixes the anchors to "
+                         f"{sum(h * w for h, w in grid)} positions, this input has {Nv}: give an input of "
+                         f"{anchor_image_size[0]}x{anchor_image_size[1]} pixels")
+    if num_queries > Nv:
+        raise ValueError(f"the model selects {num_queries} queries (config.num_queries) from {Nv} encoder "
+                         f"positions: the input is too small for it")
+    anchors, valid = generate_anchors(grid, memory.dtype)                         # [Nv, 4], [Nv]
     masked = memory * valid[None, :, None].astype(memory.dtype)                   # [B, Nv, C]
     out = layer_norm(linear(masked, p["enc_output"][0]), p["enc_output"][1], eps)  # [B, Nv, C]
     enc_logits = linear(out, p["enc_score_head"])                                 # [B, Nv, NC]
@@ -65,7 +93,11 @@ def select_queries(memory, spatial_shapes, p, num_queries, eps=1e-5, trace=None)
     # ranked by a stable sort: equal scores keep index order, where torch.topk's order is unspecified; the
     # decoder treats its queries as a set (it is permutation-equivariant), so only the set matters
     index = topk(enc_logits.max(axis=-1), num_queries)                            # [B, Nq]
-    target = np.take_along_axis(out, index[:, :, None], axis=1)                   # [B, Nq, C]
+    if learn_initial_query:
+        w = p["weight_embedding"]["weight"].astype(memory.dtype, copy=False)      # [Nq, C]
+        target = np.repeat(w[None], B, axis=0)                                    # [B, Nq, C]
+    else:
+        target = np.take_along_axis(out, index[:, :, None], axis=1)               # [B, Nq, C]
     reference_boxes = sigmoid(np.take_along_axis(enc_coord_logits, index[:, :, None], axis=1))  # [B, Nq, 4]
     if trace is not None:
         trace.update({"anchors": anchors, "valid_mask": valid, "enc_logits": enc_logits,

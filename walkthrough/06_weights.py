@@ -150,7 +150,7 @@ for name, a in flatten_params(reloaded.params).items():
     assert np.array_equal(a, tensors[name]), name
 print("all", len(tensors), "tensors identical")
 
-x = np.random.default_rng(0).random((1, 3, 64, 64), dtype=np.float32)          # a small input keeps this quick
+x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)        # small, yet 336 positions >= 300 queries
 check("logits, saved and reloaded", reloaded(x).logits, model(x).logits)
 
 # %% [markdown]

@@ -502,7 +502,8 @@ def evaluate_model(model, annotations, images, size=None, batch=DEFAULT_BATCH, l
     """COCO box AP of a loaded model on a COCO-format data set: what reproduces a checkpoint's published AP.
 
     annotations: path of a COCO instances file (e.g. instances_val2017.json) or its dict; images: the folder holding
-    each image's file_name (e.g. val2017/). size: (H, W) model input, default (640, 640) (preprocess.DEFAULT_SIZE,
+    each image's file_name (e.g. val2017/). size: (H, W) model input, default the model's own input_size (its
+    preprocessor_config.json), else (640, 640) (preprocess.DEFAULT_SIZE,
     the published models' training size). limit: only the first `limit` images in id order (the AP is then over
     those images). label_to_category: the category id of each label (default: label_mapping's rules).
     skip_bad_images: False: an unreadable image raises; True: it is left out of the evaluation (with its objects)
@@ -525,27 +526,9 @@ def evaluate_model(model, annotations, images, size=None, batch=DEFAULT_BATCH, l
         path = os.path.join(os.fspath(images), im["file_name"])
         items.append((im["id"], path, lambda path=path: load_image(path)))
     failures = [] if skip_bad_images else None
-    dets, done = predict(model, items, size or DEFAULT_SIZE, batch, label_to_category, progress, failures)
+    dets, done = predict(model, items, size or getattr(model, "input_size", None) or DEFAULT_SIZE, batch, label_to_category, progress,
+                         failures)
     return _finish(gt, dets, done, failures or [], how)
-
-
-def shapes_ground_truth(scenes, seed, size):
-    """The COCO instances dict of generated scenes, exactly as demo.shapes.export_coco writes it.
-
-    scenes: list of (index, objects) with objects as make_scene returns them (image i has id i + 1, label l is
-    category l + 1)."""
-    from .demo.shapes import CLASSES
-    images, annotations = [], []
-    for i, objects in scenes:
-        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size})
-        for obj in objects:
-            x0, y0, x1, y1 = obj["box"]
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": obj["label"] + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": obj["area"], "iscrowd": 0})
-    return {"info": {"description": f"rtdetrv2_np generated shapes, seed {seed}, {len(images)} images of "
-                                    f"{size}x{size}"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]}
 
 
 def evaluate_shapes(model, seed=None, count=None, size=None, batch=DEFAULT_BATCH, progress=None):
@@ -558,7 +541,7 @@ def evaluate_shapes(model, seed=None, count=None, size=None, batch=DEFAULT_BATCH
     """
     import PIL.Image
 
-    from .demo.shapes import CLASSES, EVAL_COUNT, EVAL_SEED, SIZE, make_scene
+    from .demo.shapes import CLASSES, EVAL_COUNT, EVAL_SEED, SIZE, coco_instances, make_scene
     seed = EVAL_SEED if seed is None else seed
     count = EVAL_COUNT if count is None else count
     scenes = {}
@@ -571,8 +554,8 @@ def evaluate_shapes(model, seed=None, count=None, size=None, batch=DEFAULT_BATCH
     items = [(i + 1, f"scene {i}", lambda i=i: load(i)) for i in range(count)]
     NC = model.config.num_labels
     table = [label + 1 if label < len(CLASSES) else -1 for label in range(NC)]
-    dets, done = predict(model, items, size or (SIZE, SIZE), batch, table, progress)
-    gt = shapes_ground_truth(sorted(scenes.items()), seed, SIZE)
+    dets, done = predict(model, items, size or getattr(model, "input_size", None) or (SIZE, SIZE), batch, table, progress)
+    gt = coco_instances(sorted(scenes.items()), seed, SIZE)
     return _finish(gt, dets, done, [], "label i = shape class i (category i + 1)")
 
 
@@ -687,6 +670,8 @@ def run(a):
             names = {i + 1: n for i, n in enumerate(CLASSES)}
         if a.model:
             model = load_model(a.model, method=a.method, revision=a.revision)
+            if not a.size and model.input_size:                     # the checkpoint's own input size
+                size = tuple(model.input_size)
         t_load = time.perf_counter() - t0
         if a.detections:
             dets = detection_arrays(read_json(a.detections, "detections"), a.detections)

@@ -25,8 +25,7 @@ from safetensors.numpy import save_file
 
 from rtdetrv2_np.demo.shapes import CLASSES, SIZE, export_coco, make_scene
 from rtdetrv2_np.errors import RTDetrError
-from rtdetrv2_np.evaluate import (STAT_NAMES, box_iou, evaluate_coco, evaluate_model, evaluate_shapes, predict,
-                                  shapes_ground_truth)
+from rtdetrv2_np.evaluate import STAT_NAMES, box_iou, evaluate_coco, evaluate_model, evaluate_shapes, predict
 from rtdetrv2_np.loading import load_model
 from rtdetrv2_np.model.config import config_from_dict
 from rtdetrv2_np.postprocess import post_process_object_detection, to_coco_results
@@ -255,12 +254,6 @@ def expected_stats(seed, count, right):
         for name, m in (("AR1", 1), ("AR10", 10)):
             out[name] = float(np.mean(np.minimum(n, m).sum(axis=0)[has] / n.sum(axis=0)[has]))
     return np.array([out[n] for n in STAT_NAMES])
-
-
-def test_shapes_ground_truth_equals_export_coco(tmp_path):
-    path = export_coco(tmp_path, seed=11, count=3)
-    scenes = [(i, make_scene(11, i)[1]) for i in range(3)]
-    assert shapes_ground_truth(scenes, 11, SIZE) == json.loads(Path(path).read_text())
 
 
 def test_a_detector_that_is_always_right_gets_ap_1(tmp_path):

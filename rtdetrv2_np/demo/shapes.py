@@ -311,6 +311,24 @@ def scene_digest(seed, index, size=SIZE):
 # COCO export
 # ---------------------------------------------------------------------------------------------------------------
 
+def coco_instances(scenes, seed, size=SIZE):
+    """The COCO instances dict of generated scenes: scenes a list of (index, objects as make_scene returns them).
+
+    Scene i is image id i + 1 with file name NNNNNN.png (i, six digits); label l is category id l + 1 (CLASSES
+    order); boxes become COCO's [x, y, w, h]."""
+    images, annotations = [], []
+    for i, objects in scenes:
+        images.append({"id": i + 1, "file_name": f"{i:06d}.png", "width": size, "height": size})
+        for obj in objects:
+            x0, y0, x1, y1 = obj["box"]
+            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": obj["label"] + 1,
+                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": obj["area"], "iscrowd": 0})
+    return {"info": {"description": f"rtdetrv2_np generated shapes, seed {seed}, {len(images)} images of "
+                                    f"{size}x{size}"},
+            "images": images, "annotations": annotations,
+            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]}
+
+
 def export_coco(folder, seed, count, size=SIZE, progress=None):
     """Write scenes 0..count-1 of `seed` as a COCO-format folder: folder/images/NNNNNN.png + folder/instances.json.
 
@@ -321,21 +339,15 @@ def export_coco(folder, seed, count, size=SIZE, progress=None):
     from ..fileio import atomic_write
     images_dir = os.path.join(folder, "images")
     os.makedirs(images_dir, exist_ok=True)
-    images, annotations = [], []
+    scenes = []
     for i in range(count):
         image, objects = make_scene(seed, i, size)
-        name = f"{i:06d}.png"
-        atomic_write(os.path.join(images_dir, name), lambda tmp: PIL.Image.fromarray(image).save(tmp, format="PNG"))
-        images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
-        for obj in objects:
-            x0, y0, x1, y1 = obj["box"]
-            annotations.append({"id": len(annotations) + 1, "image_id": i + 1, "category_id": obj["label"] + 1,
-                                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": obj["area"], "iscrowd": 0})
+        atomic_write(os.path.join(images_dir, f"{i:06d}.png"),
+                     lambda tmp: PIL.Image.fromarray(image).save(tmp, format="PNG"))
+        scenes.append((i, objects))
         if progress:
             progress(i + 1, count)
-    data = {"info": {"description": f"rtdetrv2_np generated shapes, seed {seed}, {count} images of {size}x{size}"},
-            "images": images, "annotations": annotations,
-            "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)]}
+    data = coco_instances(scenes, seed, size)
     path = os.path.join(folder, "instances.json")
     atomic_write(path, json.dumps(data).encode())
     return path

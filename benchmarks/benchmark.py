@@ -1,21 +1,38 @@
-"""Time load_model and one forward pass of rtdetrv2_np against transformers, in the same run, with 2 threads each.
+"""Benchmark: rtdetrv2_np's reference and fast paths against PyTorch eager (transformers) and ONNX Runtime, in one run.
 
-    python benchmarks/benchmark.py                       # r18vd, 640x640, the cats image
-    python benchmarks/benchmark.py --variant r50vd --repeat 5
+    python benchmarks/benchmark.py                  # r18vd and r50vd, 640x640, batch 1 and 4: the full table
+    python benchmarks/benchmark.py --quick          # a tiny model at 64x64: checks that the script works
+    python benchmarks/benchmark.py --kernels        # per 3x3 conv shape: im2col vs Winograd (fast/prepare.py rule)
+    python benchmarks/benchmark.py --variants r18vd --batch 1 --rounds 5 --json results.json
 
-Each implementation runs in its own subprocess (so peak memory is its own): a random-weight checkpoint of the
-variant is written once in hub layout to a temporary directory, then each side loads it and runs the same input.
-transformers is timed only when torch and transformers are importable (pip install -e ".[reference]" in a separate
-virtual environment; the package itself never imports them). Printed: load time, median forward time, peak RSS,
-the BLAS kernel NumPy uses, and the ratio NumPy / PyTorch.
+What it does. For each variant a random-weight checkpoint (rtdetrv2_np.random_weights, seed 0: the same weights for
+every runtime) is written once in hub layout to a temporary folder; for ONNX Runtime the same weights, loaded in
+transformers, are exported with torch.onnx (opset 17, one file per batch size). Then, round after round, every
+runtime runs in its own fresh subprocess (so its peak RSS is its own): load, one first forward pass (reported apart:
+it carries one-off work such as the fast path's weight preparation), then --repeat timed passes on the same input
+(the cats image of tests/data, resized). Runtimes alternate within each round, so a machine whose speed drifts
+(shared VMs, other jobs) slows all of them alike; per runtime the round with the lowest median is kept.
 
-OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE may be set on the machine for old OpenBLAS builds and slow a current NumPy; to
-benchmark without them, unset both for this command alone: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python ...
+Reported (one table, Markdown): load time, first pass, median and best forward pass, the ratio of the median to
+PyTorch's, achieved GFLOP/s (the model's multiply-adds x 2, counted once on the reference path, divided by the
+median: the same count for every runtime, although Winograd performs fewer multiplications), peak RSS, and the
+per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder
+input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs
+the whole graph at once: no breakdown.
+
+Threads: --threads (default: the cores this process may use) for every runtime: OPENBLAS_NUM_THREADS and
+RTDETRV2_NP_THREADS for NumPy, torch.set_num_threads, ONNX Runtime's intra_op_num_threads.
+
+Requirements: the package's own (numpy, ...) for the NumPy paths; torch + transformers for PyTorch (pip install -e
+".[reference]" in a separate environment); onnx + onnxruntime for ONNX Runtime. A runtime that is not importable is
+left out and said so. OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE may be set on the machine for old OpenBLAS builds and slow
+a current NumPy; to benchmark without them: env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python benchmarks/...
 """
 
 import argparse
 import json
 import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -25,110 +42,453 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "tests", "data", "coco_000000039769.png")
+STAGES = ("backbone", "encoder", "query", "decoder", "post")
+RUNTIMES = ("reference", "fast", "torch", "onnx")
+LABELS = {"reference": "rtdetrv2_np reference", "fast": "rtdetrv2_np fast", "torch": "PyTorch eager",
+          "onnx": "ONNX Runtime"}
+
+# --quick: a tiny basic-block architecture (the shape of tests/fixtures/reference/tiny_basic) at 64x64
+QUICK_CONFIG = dict(
+    backbone_config=dict(model_type="rt_detr_resnet", layer_type="basic", depths=[1, 1, 1, 1], embedding_size=8,
+                         hidden_sizes=[8, 16, 32, 64]),
+    encoder_in_channels=[16, 32, 64], encoder_hidden_dim=16, encoder_ffn_dim=32, encoder_attention_heads=2,
+    hidden_expansion=0.5, d_model=16, decoder_in_channels=[16, 16, 16], decoder_ffn_dim=32, decoder_layers=2,
+    decoder_attention_heads=2, num_queries=20, id2label={str(i): f"class_{i}" for i in range(5)})
 
 
-def pixel_values(size):
+def cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def pixel_values(size, batch):
     import numpy as np
     from PIL import Image
     img = Image.open(IMAGE).convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-    return np.ascontiguousarray((np.asarray(img, np.float32) / np.float32(255)).transpose(2, 0, 1)[None])
+    x = (np.asarray(img, np.float32) / np.float32(255)).transpose(2, 0, 1)       # [3, H, W]
+    return np.ascontiguousarray(np.repeat(x[None], batch, axis=0))                # [B, 3, H, W]
+
+
+def variant_cfg(variant):
+    sys.path.insert(0, ROOT)
+    from rtdetrv2_np.model.config import config_from_dict, variant_config
+    if variant == "tiny":
+        return config_from_dict(dict(QUICK_CONFIG))
+    return variant_config(variant, id2label={i: f"class_{i}" for i in range(80)})
 
 
 def write_checkpoint(variant, directory):
-    import numpy as np  # noqa: F401
     from safetensors.numpy import save_file
     sys.path.insert(0, ROOT)
-    from rtdetrv2_np.model.config import variant_config
     from rtdetrv2_np.random_weights import random_params
     from rtdetrv2_np.weights import expected_shapes
-    cfg = variant_config(variant, id2label={i: f"class_{i}" for i in range(80)})
+    cfg = variant_cfg(variant)
     hf = cfg.to_hf_dict()
-    hf.pop("decoder_eval_idx", None)
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(hf, f)
     save_file(random_params(expected_shapes(cfg), 0, cfg.n_points), os.path.join(directory, "model.safetensors"))
 
 
-def run_one(impl, directory, size, repeat):
-    x = pixel_values(size)
-    if impl == "numpy":
-        sys.path.insert(0, ROOT)
-        from rtdetrv2_np import load_model
-        t = time.perf_counter()
-        model = load_model(directory)
-        load = time.perf_counter() - t
-        run = lambda: model(x)  # noqa: E731
-        try:                                                     # optional, only for the report
-            import threadpoolctl
-            blas = ", ".join(f"{i['internal_api']} {i.get('architecture', '')} {i['num_threads']} threads"
-                             for i in threadpoolctl.threadpool_info())
-        except ImportError:
-            blas = "BLAS unknown (pip install threadpoolctl to see it)"
-    else:
-        import torch
-        from transformers import RTDetrV2ForObjectDetection
-        torch.set_num_threads(2)
-        t = time.perf_counter()
-        model = RTDetrV2ForObjectDetection.from_pretrained(directory, attn_implementation="eager").eval()
-        load = time.perf_counter() - t
-        xt = torch.from_numpy(x)
+def count_flops(directory, size, batch):
+    """The model's FLOPs (2 x multiply-adds) for one forward pass, counted on the reference path: every convolution
+    (model/nn.conv2d), linear layer (model/nn.linear) and attention product (model/nn.multi_head_attention)."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    from rtdetrv2_np import load_model
+    from rtdetrv2_np.model import nn
+    macs = [0]
+    real_conv, real_linear, real_mha = nn.conv2d, nn.linear, nn.multi_head_attention
 
-        def run():
-            with torch.no_grad():
-                return model(xt)
-        blas = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    run()                                                        # warm-up (first-call allocations, caches)
-    times = []
-    for _ in range(repeat):
+    def conv2d(x, w, b=None, stride=1, padding=0):
+        out = real_conv(x, w, b, stride, padding)
+        macs[0] += out.size * w[0].size                             # per output: C_in * KH * KW
+        return out
+
+    def linear(x, p):
+        out = real_linear(x, p)
+        macs[0] += out.size * p["weight"].shape[1]
+        return out
+
+    def mha(x_qk, x_v, p, heads):
+        B, N, C = x_qk.shape
+        macs[0] += 2 * B * N * N * C                                # Q K^T and A V
+        return real_mha(x_qk, x_v, p, heads)
+
+    import rtdetrv2_np.model.backbone as mb
+    import rtdetrv2_np.model.decoder as md
+    import rtdetrv2_np.model.deformable_attention as mda
+    import rtdetrv2_np.model.detector as mdet
+    import rtdetrv2_np.model.hybrid_encoder as mh
+    import rtdetrv2_np.model.query_selection as mq
+    patched = [(nn, "conv2d", conv2d), (nn, "linear", linear), (nn, "multi_head_attention", mha)]
+    for mod in (mb, md, mda, mdet, mh, mq):
+        for name, fn in (("linear", linear), ("multi_head_attention", mha)):
+            if hasattr(mod, name):
+                patched.append((mod, name, fn))
+    saved = [(mod, name, getattr(mod, name)) for mod, name, _ in patched]
+    for mod, name, fn in patched:
+        setattr(mod, name, fn)
+    try:
+        model = load_model(directory)
+        model(pixel_values(size, batch))
+    finally:
+        for mod, name, fn in saved:
+            setattr(mod, name, fn)
+    del np
+    return 2 * macs[0]
+
+
+def export_onnx(directory, size, batch, path):
+    """The checkpoint loaded in transformers, exported with torch.onnx (TorchScript exporter, opset 17: the first
+    with every op RT-DETRv2 needs, GridSample being opset 16); returns seconds taken."""
+    import torch
+    from transformers import RTDetrV2ForObjectDetection
+    t = time.perf_counter()
+    model = RTDetrV2ForObjectDetection.from_pretrained(directory, attn_implementation="eager").eval()
+
+    class Outputs(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, x):
+            out = self.m(pixel_values=x)
+            return out.logits, out.pred_boxes
+
+    x = torch.from_numpy(pixel_values(size, batch))
+    with torch.no_grad():
+        torch.onnx.export(Outputs(model), (x,), path, opset_version=17, input_names=["pixel_values"],
+                          output_names=["logits", "pred_boxes"], dynamo=False)
+    return time.perf_counter() - t
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One runtime, in its own subprocess
+# ----------------------------------------------------------------------------------------------------------------
+
+class StageClock:
+    """Seconds per stage of the current forward pass, from wrapped stage functions."""
+
+    def __init__(self):
+        self.t = {}
+
+    def wrap(self, mod, name, stage):
+        real = getattr(mod, name)
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            try:
+                return real(*a, **k)
+            finally:
+                self.t[stage] = self.t.get(stage, 0.0) + time.perf_counter() - t
+        setattr(mod, name, timed)
+
+
+def numpy_runtime(impl, directory, x, clock):
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    from rtdetrv2_np import load_model
+    from rtdetrv2_np.postprocess import post_process_object_detection
+    if impl == "reference":
+        import rtdetrv2_np.model.detector as det
+    else:
+        import rtdetrv2_np.fast.detector as det
+    for name, stage in (("backbone", "backbone"), ("hybrid_encoder", "encoder"), ("decoder", "decoder")):
+        clock.wrap(det, name, stage)
+    t = time.perf_counter()
+    model = load_model(directory, fast=impl == "fast")
+    load = time.perf_counter() - t
+    sizes = [x.shape[2:]] * x.shape[0]
+
+    def run():
+        t = time.perf_counter()
+        out = model(x)
+        total = time.perf_counter() - t
+        # as for PyTorch: everything between the encoder and the decoder (decoder input projections included)
+        clock.t["query"] = total - sum(clock.t.get(s, 0.0) for s in ("backbone", "encoder", "decoder"))
+        t = time.perf_counter()
+        post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes, threshold=0.5)
+        clock.t["post"] = time.perf_counter() - t
+    try:                                                     # optional, only for the report
+        import threadpoolctl
+        info = ", ".join(f"{i['internal_api']} {i.get('architecture', '')} {i['num_threads']} threads"
+                         for i in threadpoolctl.threadpool_info())
+    except ImportError:
+        blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
+        info = f"{blas.get('name', 'BLAS')} {blas.get('version', '')} (threadpoolctl shows threads)"
+    return load, run, f"numpy {np.__version__}, {info}"
+
+
+def torch_runtime(directory, x, clock, threads):
+    import torch
+    from transformers import RTDetrImageProcessor, RTDetrV2ForObjectDetection
+    torch.set_num_threads(threads)
+    t = time.perf_counter()
+    model = RTDetrV2ForObjectDetection.from_pretrained(directory, attn_implementation="eager").eval()
+    load = time.perf_counter() - t
+    processor = RTDetrImageProcessor()
+    m = model.model
+    spans = {}
+
+    def hook(stage):
+        def pre(module, args, kwargs=None):
+            spans.setdefault(stage, []).append(-time.perf_counter())
+
+        def post(module, args, out, kwargs=None):
+            spans[stage][-1] += time.perf_counter()
+        return pre, post
+    groups = {"backbone": [m.backbone], "encoder": list(m.encoder_input_proj) + [m.encoder],
+              "decoder": [m.decoder]}
+    for stage, modules in groups.items():
+        pre, post = hook(stage)
+        for mod in modules:
+            mod.register_forward_pre_hook(pre)
+            mod.register_forward_hook(post)
+    xt = torch.from_numpy(x)
+    sizes = [tuple(x.shape[2:])] * x.shape[0]
+
+    def run():
+        spans.clear()
+        t = time.perf_counter()
+        with torch.no_grad():
+            out = model(pixel_values=xt)
+        total = time.perf_counter() - t
+        for stage in groups:
+            clock.t[stage] = sum(spans.get(stage, []))
+        clock.t["query"] = total - sum(clock.t[s] for s in groups)   # enc_output, heads, top-k, decoder input proj
+        t = time.perf_counter()
+        processor.post_process_object_detection(out, threshold=0.5, target_sizes=sizes)
+        clock.t["post"] = time.perf_counter() - t
+    return load, run, f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def onnx_runtime(onnx_path, x, clock, threads):
+    import onnxruntime as ort
+    sys.path.insert(0, ROOT)
+    from rtdetrv2_np.postprocess import post_process_object_detection
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    t = time.perf_counter()
+    session = ort.InferenceSession(onnx_path, opts, providers=["CPUExecutionProvider"])
+    load = time.perf_counter() - t
+    sizes = [x.shape[2:]] * x.shape[0]
+
+    def run():
+        logits, boxes = session.run(None, {"pixel_values": x})
+        t = time.perf_counter()
+        post_process_object_detection(logits, boxes, target_sizes=sizes, threshold=0.5)
+        clock.t["post"] = time.perf_counter() - t
+    return load, run, f"onnxruntime {ort.__version__}, {threads} threads"
+
+
+def run_one(a):
+    """Subprocess body: load, one first pass, a.repeat timed passes; prints one JSON line."""
+    x = pixel_values(a.size, a.batch)
+    clock = StageClock()
+    if a._impl in ("reference", "fast"):
+        load, run, info = numpy_runtime(a._impl, a._dir, x, clock)
+    elif a._impl == "torch":
+        load, run, info = torch_runtime(a._dir, x, clock, a.threads)
+    else:
+        load, run, info = onnx_runtime(a._onnx, x, clock, a.threads)
+    t = time.perf_counter()
+    run()
+    first = time.perf_counter() - t
+    times, stages = [], []
+    for _ in range(a.repeat):
+        clock.t.clear()
         t = time.perf_counter()
         run()
         times.append(time.perf_counter() - t)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"impl": impl, "load_s": load, "forward_s": statistics.median(times), "best_s": min(times),
-                      "peak_mb": peak_mb, "blas": blas}))
+        stages.append(dict(clock.t))
+    best = min(range(len(times)), key=times.__getitem__)
+    print(json.dumps({"load_s": load, "first_s": first, "forward_s": statistics.median(times), "best_s": times[best],
+                      "stages": stages[best], "peak_mib": peak_rss_mib(), "info": info}))
+
+
+def peak_rss_mib():
+    """This process's peak resident memory: VmHWM (Linux; exec starts it afresh), else ru_maxrss, which on Linux
+    keeps the high-water mark of the parent it was forked from."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# --kernels: the per-layer convolution choice of fast/prepare.py, measured
+# ----------------------------------------------------------------------------------------------------------------
+
+def kernel_sweep(a):
+    """Every distinct 3x3 stride-1 convolution of the variants at the given size and batch: im2col vs Winograd
+    F(2,3) (and F(4,3)), alternating, best of --repeat; prints the speed-ups and the rule's current choice."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import rtdetrv2_np.fast.conv as fc
+    import rtdetrv2_np.model.nn as nn
+    from rtdetrv2_np import build_model
+    from rtdetrv2_np.fast.prepare import WINOGRAD_MIN_CHANNELS, conv_kernel
+    from rtdetrv2_np.random_weights import random_params
+    from rtdetrv2_np.weights import expected_shapes
+    for variant in a.variants:
+        cfg = variant_cfg(variant)
+        model = build_model(cfg, random_params(expected_shapes(cfg), 0, cfg.n_points))
+        seen = []
+        real_conv = nn.conv2d
+
+        def conv2d(x, w, b=None, stride=1, padding=0):
+            if w.shape[-1] == 3 and stride == 1:
+                seen.append((w.shape[1], w.shape[0], x.shape[2], x.shape[3]))
+            return real_conv(x, w, b, stride, padding)
+        nn.conv2d = conv2d
+        try:
+            model(pixel_values(a.size, 1))
+        finally:
+            nn.conv2d = real_conv
+        shapes = sorted(set(seen), key=lambda s: (-s[2], s[0]))
+        print(f"{variant} at {a.size[0]}x{a.size[1]}, batch {a.batch[0]}: speed-up over im2col (best of {a.repeat}); "
+              f"rule: Winograd from {WINOGRAD_MIN_CHANNELS} channels")
+        rng = np.random.default_rng(0)
+        for c_in, c_out, H, W in shapes:
+            x = rng.standard_normal((c_in, a.batch[0], H, W)).astype(np.float32)
+            w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+            b = np.zeros(c_out, np.float32)
+            U2, U4 = fc.winograd_filter(w, 2), fc.winograd_filter(w, 4)
+            algs = {"im2col": lambda: fc.conv_im2col(x, w, b, 1, 1, "relu"),
+                    "F(2,3)": lambda: fc.conv_winograd(x, U2, b, 2, "relu"),
+                    "F(4,3)": lambda: fc.conv_winograd(x, U4, b, 4, "relu")}
+            best = {k: float("inf") for k in algs}
+            for _ in range(a.repeat):
+                for k, f in algs.items():
+                    t = time.perf_counter()
+                    f()
+                    best[k] = min(best[k], time.perf_counter() - t)
+            print(f"  {c_in:4d} -> {c_out:4d} @ {H}x{W}: im2col {best['im2col'] * 1e3:7.2f} ms, "
+                  f"F(2,3) x{best['im2col'] / best['F(2,3)']:.2f}, F(4,3) x{best['im2col'] / best['F(4,3)']:.2f}"
+                  f"   (rule: {conv_kernel(c_out, c_in, 3, 1)})")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The parent: checkpoints, rounds, the table
+# ----------------------------------------------------------------------------------------------------------------
+
+def available():
+    impls = ["reference", "fast"]
+    missing = []
+    for impl, mods in (("torch", ("torch", "transformers")), ("onnx", ("torch", "transformers", "onnx",
+                                                                      "onnxruntime"))):
+        try:
+            for mod in mods:
+                __import__(mod)
+            impls.append(impl)
+        except ImportError as e:
+            missing.append(f"{LABELS[impl]} ({e.name} not importable)")
+    return impls, missing
+
+
+def table(results, flops, a):
+    head = ("| variant | batch | runtime | load s | first pass s | forward s (median) | best s | ratio to PyTorch | "
+            "GFLOP/s | peak RSS MiB | backbone | encoder | query sel. | decoder | post |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for (variant, batch), rs in results.items():
+        base = rs.get("torch", {}).get("forward_s")
+        for impl in RUNTIMES:
+            if impl not in rs:
+                continue
+            r = rs[impl]
+            ratio = f"{r['forward_s'] / base:.2f}" if base else "-"
+            st = [f"{r['stages'][s]:.3f}" if s in r["stages"] else "-" for s in STAGES]
+            lines.append(f"| {variant} | {batch} | {LABELS[impl]} | {r['load_s']:.3f} | {r['first_s']:.3f} | "
+                         f"{r['forward_s']:.3f} | {r['best_s']:.3f} | {ratio} | "
+                         f"{flops[(variant, batch)] / r['forward_s'] / 1e9:.1f} | {r['peak_mib']:.0f} | " +
+                         " | ".join(st) + " |")
+    return "\n".join(lines)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--variant", default="r18vd")
+    ap.add_argument("--variants", nargs="+", default=["r18vd", "r50vd"])
+    ap.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--size", type=int, nargs=2, default=[640, 640], metavar=("H", "W"))
-    ap.add_argument("--repeat", type=int, default=5, help="timed forward passes per round (after one warm-up)")
     ap.add_argument("--rounds", type=int, default=3,
-                    help="rounds, alternating the implementations, so both see the same machine (shared VMs drift)")
-    ap.add_argument("--_impl", help=argparse.SUPPRESS)
-    ap.add_argument("--_dir", help=argparse.SUPPRESS)
+                    help="rounds, alternating the runtimes, so all see the same machine (shared VMs drift)")
+    ap.add_argument("--repeat", type=int, default=5, help="timed forward passes per round (after the first)")
+    ap.add_argument("--threads", type=int, default=cores(), help="threads for every runtime (default: all cores)")
+    ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="a subset (default: all that are importable)")
+    ap.add_argument("--quick", action="store_true", help="a tiny model at 64x64, batch 1 and 2, one round")
+    ap.add_argument("--kernels", action="store_true", help="per-layer convolution sweep (see kernel_sweep)")
+    ap.add_argument("--json", help="also write every round's measurements to this file")
+    for hidden in ("--_impl", "--_dir", "--_onnx"):
+        ap.add_argument(hidden, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.quick:
+        a.variants, a.size, a.batch, a.rounds, a.repeat = ["tiny"], [64, 64], [1, 2], 1, 2
     if a._impl:
-        return run_one(a._impl, a._dir, a.size, a.repeat)
-    try:
-        import torch  # noqa: F401
-        import transformers  # noqa: F401
-        impls = ["numpy", "torch"]
-    except ImportError:
-        impls = ["numpy"]
-        print("torch/transformers not importable: timing rtdetrv2_np only")
-    with tempfile.TemporaryDirectory() as d:
-        write_checkpoint(a.variant, d)
-        runs = {impl: [] for impl in impls}
-        for _ in range(a.rounds):
-            for impl in impls:
-                out = subprocess.run([sys.executable, __file__, "--_impl", impl, "--_dir", d, "--size",
-                                      *map(str, a.size), "--repeat", str(a.repeat)],
-                                     capture_output=True, text=True, check=True)
-                runs[impl].append(json.loads(out.stdout.strip().splitlines()[-1]))
-    # per implementation: the round with the lowest median (the least disturbed one), and the best single pass
-    res = {impl: dict(min(rs, key=lambda r: r["forward_s"]), best_s=min(r["best_s"] for r in rs),
-                      load_s=min(r["load_s"] for r in rs), peak_mb=max(r["peak_mb"] for r in rs))
-           for impl, rs in runs.items()}
-    print(f"{a.variant} at {a.size[0]}x{a.size[1]}, batch 1: {a.rounds} rounds x {a.repeat} forward passes; "
-          "forward = median of the best round, best = fastest single pass")
-    for impl, r in res.items():
-        print(f"  {impl:6s} load {r['load_s']:6.2f} s   forward {r['forward_s']:6.3f} s (best {r['best_s']:.3f} s)"
-              f"   peak RSS {r['peak_mb']:5.0f} MB   ({r['blas']})")
-    if "torch" in res:
-        n, t = res["numpy"], res["torch"]
-        print(f"  ratio numpy / torch: forward {n['forward_s'] / t['forward_s']:.2f}x (best {n['best_s'] / t['best_s']:.2f}x),"
-              f" load {n['load_s'] / t['load_s']:.2f}x")
+        a.batch = a.batch[0]
+        return run_one(a)
+    if a.kernels:
+        return kernel_sweep(a)
+    impls, missing = available()
+    if a.runtimes:
+        impls = [i for i in impls if i in a.runtimes]
+    for m in missing:
+        print(f"left out: {m}", file=sys.stderr)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), RTDETRV2_NP_THREADS=str(a.threads),
+               OMP_NUM_THREADS=str(a.threads))
+    configs = [(v, b) for v in a.variants for b in a.batch]
+    results, rounds, flops, exports = {}, [], {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        dirs = {}
+        for v in a.variants:
+            dirs[v] = os.path.join(tmp, v)
+            os.makedirs(dirs[v])
+            write_checkpoint(v, dirs[v])
+        for v, b in configs:
+            flops[(v, b)] = count_flops(dirs[v], a.size, b)
+            if "onnx" in impls:
+                path = os.path.join(tmp, f"{v}_b{b}.onnx")
+                exports[(v, b)] = (path, export_onnx(dirs[v], a.size, b, path))
+        for r in range(a.rounds):
+            for v, b in configs:
+                for impl in impls:
+                    cmd = [sys.executable, os.path.abspath(__file__), "--_impl", impl, "--_dir", dirs[v],
+                           "--size", *map(str, a.size), "--batch", str(b), "--repeat", str(a.repeat),
+                           "--threads", str(a.threads)]
+                    if impl == "onnx":
+                        cmd += ["--_onnx", exports[(v, b)][0]]
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    if out.returncode:
+                        raise SystemExit(f"{impl} on {v} batch {b} failed:\n{out.stderr[-3000:]}")
+                    res = json.loads(out.stdout.strip().splitlines()[-1])
+                    rounds.append(dict(res, variant=v, batch=b, runtime=impl, round=r))
+                    print(f"round {r + 1}/{a.rounds} {v} batch {b} {impl}: {res['forward_s']:.3f} s", file=sys.stderr)
+    for v, b in configs:                           # per runtime: its least disturbed round, its best single pass
+        results[(v, b)] = {}
+        for impl in impls:
+            rs = [x for x in rounds if (x["variant"], x["batch"], x["runtime"]) == (v, b, impl)]
+            best = min(rs, key=lambda x: x["forward_s"])
+            results[(v, b)][impl] = dict(best, best_s=min(x["best_s"] for x in rs),
+                                         load_s=min(x["load_s"] for x in rs), first_s=min(x["first_s"] for x in rs),
+                                         peak_mib=max(x["peak_mib"] for x in rs))
+    print(f"{platform.processor() or platform.machine()}, {cores()} cores, {a.threads} threads per runtime; "
+          f"{a.size[0]}x{a.size[1]}; {a.rounds} rounds x {a.repeat} passes; forward = median of the least disturbed "
+          f"round; stage columns: seconds in the best pass; GFLOP/s from the model's multiply-adds x 2")
+    print(table(results, flops, a))
+    infos = {x["runtime"]: x["info"] for x in rounds}
+    for impl, info in infos.items():
+        print(f"  {LABELS[impl]}: {info}")
+    for (v, b), (_, secs) in exports.items():
+        print(f"  ONNX export {v} batch {b}: {secs:.1f} s (torch.onnx, opset 17)")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"rounds": rounds, "flops": {f"{v} {b}": n for (v, b), n in flops.items()}}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -29,13 +29,23 @@ from .weights import CONFIG_METADATA_KEY, check_and_clean, params_tree, parse_co
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def load_model(source, method=None, revision="main", progress=None):
+def load_model(source, method=None, revision="main", progress=None, fast=False):
     """A Model from a hub id, a hub-layout directory, a converted .safetensors or an official .pth file (see the
     module docstring).
 
     method: "bilinear" or "discrete" overrides the sampling method of the checkpoint's config; None keeps it.
     revision: branch, tag or commit of a hub id. progress: a callback(done_bytes, total_bytes) for downloads.
+    fast: True returns a rtdetrv2_np.fast.FastModel instead: the same interface and outputs (up to float32
+    rounding) from fast kernels; its weights are prepared on the first call.
     """
+    model = _load_model(source, method, revision, progress)
+    if fast:
+        from .fast import fast_model
+        return fast_model(model)
+    return model
+
+
+def _load_model(source, method=None, revision="main", progress=None):
     source = os.fspath(source)
     from .demo import DEMO_MODELS, demo_model_dir
     if source in DEMO_MODELS and not os.path.exists(source):

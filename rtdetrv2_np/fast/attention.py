@@ -1,0 +1,188 @@
+"""Fast attention kernels: multi-head self-attention and the multi-scale deformable attention sum.
+
+References
+    [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §4.1 Eq. (3): the multi-scale deformable attention sum.
+    [3] Lv et al., RT-DETRv2, arXiv 2407.17140, §3: per-level point counts, the discrete sampling operator.
+    [7] Vaswani et al., Attention Is All You Need, arXiv 1706.03762, §3.2.2: multi-head attention.
+    [11] torch.nn.functional.grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False).
+
+What each replaces, and how it differs:
+    self_attention         model/nn.multi_head_attention: q and k from one stacked GEMM, heads made contiguous
+                           once so that Q K^T and A V are batched BLAS products, softmax in place. Same formulas.
+    bilinear_taps_flat     model/deformable_attention.sample_bilinear (index part): the same float operations
+                           for the texel coordinates and weights, for all L levels at once (per-slot level sizes),
+                           as flat row indices into the value tensor [B*Nv*M, D] instead of one gather per level.
+    discrete_texels        model/deformable_attention.sample_discrete (index part), all levels at once.
+    deformable_core        model/deformable_attention.deformable_attention_core: one gather of every tap of
+                           every slot, then out = sum over (slot, tap) of (A * tap weight) * texel as one batched
+                           matrix product per (image, query, head). The reference sums the 4 taps, multiplies by A
+                           and sums the K slots in order; here the products A * w are formed first and BLAS sums
+                           the 4K terms in its own order: a few float32 ulps apart (tests/test_fast.py).
+"""
+
+import numpy as np
+
+from ..model.nn import layer_norm
+from .ops import parallel
+
+
+def linear(x, p):
+    """torch.nn.Linear with a prepared {"w": [C_out, C_in], "b": [C_out]}: x @ W^T + b, bias added in place."""
+    y = np.matmul(x, p["w"].T)                                                       # [..., C_out]
+    y += p["b"]
+    return y
+
+
+def softmax_(x):
+    """model/nn.softmax over the last axis, in place on x (the same operations in the same order)."""
+    x -= x.max(axis=-1, keepdims=True)
+    np.exp(x, out=x)
+    x /= x.sum(axis=-1, keepdims=True)
+    return x
+
+
+def self_attention(x_qk, x_v, p):
+    """model/nn.multi_head_attention: softmax(Q K^T / sqrt(D)) V, out_proj. x_qk, x_v [B, N, C] -> [B, N, C].
+
+    p from prepare.attention_spec: "qk" ([2C, C] stacked q_proj, k_proj), "v", "out", "heads".
+    """
+    B, N, C = x_qk.shape
+    M = p["heads"]
+    D = C // M
+    qk = linear(x_qk, p["qk"]).reshape(B, N, 2, M, D).transpose(2, 0, 3, 1, 4)       # [2, B, M, N, D] view
+    qk = np.ascontiguousarray(qk)                                                    # heads contiguous for BLAS
+    v = np.ascontiguousarray(linear(x_v, p["v"]).reshape(B, N, M, D).transpose(0, 2, 1, 3))   # [B, M, N, D]
+    scores = np.matmul(qk[0], qk[1].transpose(0, 1, 3, 2))                           # [B, M, N, N]
+    scores *= D ** -0.5
+    out = np.matmul(softmax_(scores), v)                                             # [B, M, N, D]
+    return linear(out.transpose(0, 2, 1, 3).reshape(B, N, C), p["out"])              # [B, N, C]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Multi-scale deformable attention, all levels at once
+# ----------------------------------------------------------------------------------------------------------------
+
+def slot_levels(spatial_shapes, n_points, dtype):
+    """Per sampling slot (level-major, K = sum K_l): its level's W, H (as `dtype` and as int) and first token.
+
+    Returns (W_f [K], H_f [K], W_i [K], H_i [K], start [K]); start = sum of H*W over the levels before.
+    """
+    level = np.repeat(np.arange(len(spatial_shapes)), n_points)                     # [K]
+    H = np.array([h for h, _ in spatial_shapes], np.int64)[level]                    # [K]
+    W = np.array([w for _, w in spatial_shapes], np.int64)[level]                    # [K]
+    starts = np.concatenate([[0], np.cumsum([h * w for h, w in spatial_shapes])[:-1]]).astype(np.int64)
+    return W.astype(dtype), H.astype(dtype), W, H, starts[level]
+
+
+def bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M):
+    """Texel rows and weights of bilinear sampling [11] for every slot of every level at once.
+
+    loc [B, Nq, M, K, 2] normalised (x, y). Returns (rows [B, Nq, M, K, 4] int64, weights [B, Nq, M, K, 4]):
+    rows index value.reshape(B*Nv*M, D) (row (b*Nv + token)*M + m), taps in the order nw, ne, sw, se; a tap
+    outside its map has weight 0 and a clipped (in-map) row. The coordinates and weights are computed by the
+    operations of model/deformable_attention.sample_bilinear, in its order, so they are the same numbers.
+    """
+    B, Nq, _, K, _ = loc.shape
+    Wf, Hf, Wi, Hi, start = slot_levels(spatial_shapes, n_points, loc.dtype)
+    g = 2 * loc - 1                                                                  # [B, Nq, M, K, 2]
+    ix = ((g[..., 0] + 1) * Wf - 1) / 2                                              # [B, Nq, M, K]
+    iy = ((g[..., 1] + 1) * Hf - 1) / 2
+    x0, y0 = np.floor(ix), np.floor(iy)
+    x1, y1 = x0 + 1, y0 + 1
+    cols = np.stack([x0, x1, x0, x1], axis=-1)                                       # [B, Nq, M, K, 4]
+    rows = np.stack([y0, y0, y1, y1], axis=-1)
+    w = np.stack([(x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)],
+                 axis=-1)                                                            # [B, Nq, M, K, 4]
+    Wm, Hm = (Wi - 1)[:, None], (Hi - 1)[:, None]                                    # [K, 1]
+    inside = (cols >= 0) & (cols <= Wm) & (rows >= 0) & (rows <= Hm)
+    w = np.where(inside, w, 0)
+    col = np.clip(cols, 0, Wm).astype(np.int64)
+    row = np.clip(rows, 0, Hm).astype(np.int64)
+    token = start[:, None] + row * Wi[:, None] + col                                  # [B, Nq, M, K, 4]
+    image = np.arange(B, dtype=np.int64)[:, None, None, None, None] * Nv
+    head = np.arange(M, dtype=np.int64)[None, None, :, None, None]
+    return (image + token) * M + head, w
+
+
+def discrete_texels(loc, spatial_shapes, n_points):
+    """(column, row) [B, Nq, M, K] int64 of the texel discrete sampling [3] §3 reads, every level at once.
+
+    The operations of model/deformable_attention.sample_discrete: trunc(loc * size + 0.5), then clamped.
+    """
+    Wf, Hf, Wi, Hi, _ = slot_levels(spatial_shapes, n_points, loc.dtype)
+    size = np.stack([Wf, Hf], axis=-1)                                               # [K, 2]
+    coord = np.clip(loc * size + 0.5, -1, size).astype(np.int64)                     # [B, Nq, M, K, 2]
+    return np.clip(coord[..., 0], 0, Wi - 1), np.clip(coord[..., 1], 0, Hi - 1)
+
+
+def discrete_rows(loc, spatial_shapes, n_points, Nv, M):
+    """Texel rows [B, Nq, M, K, 1] of discrete sampling into value.reshape(B*Nv*M, D) (see bilinear_taps_flat)."""
+    B = loc.shape[0]
+    col, row = discrete_texels(loc, spatial_shapes, n_points)
+    _, _, Wi, _, start = slot_levels(spatial_shapes, n_points, loc.dtype)
+    token = start + row * Wi + col                                                   # [B, Nq, M, K]
+    image = np.arange(B, dtype=np.int64)[:, None, None, None] * Nv
+    head = np.arange(M, dtype=np.int64)[None, None, :, None]
+    return ((image + token) * M + head)[..., None]
+
+
+def deformable_core(value, spatial_shapes, loc, attention_weights, n_points, method="bilinear"):
+    """model/deformable_attention.deformable_attention_core, fast: same arguments, same result up to rounding.
+
+    value [B, Nv, M, D], loc [B, Nq, M, K, 2], attention_weights [B, Nq, M, K] -> [B, Nq, M*D].
+    One gather of all taps: T = 4 (bilinear) or 1 (discrete) rows per slot, then for each (image, query, head)
+    out = (A * tap weights)[1, K*T] @ texels[K*T, D], a batched matrix product. Split over threads by query.
+    """
+    B, Nv, M, D = value.shape
+    Nq, K = loc.shape[1], loc.shape[3]
+    if method == "bilinear":
+        rows, w = bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M)           # [B, Nq, M, K, 4] x 2
+        w *= attention_weights[..., None]
+    elif method == "discrete":
+        rows = discrete_rows(loc, spatial_shapes, n_points, Nv, M)                   # [B, Nq, M, K, 1]
+        w = attention_weights[..., None]
+    else:
+        raise ValueError(f"method must be 'bilinear' or 'discrete', got {method!r}")
+    T = rows.shape[-1]
+    texels = value.reshape(B * Nv * M, D)                                            # [B*Nv*M, D]
+    rows = rows.reshape(B * Nq, M, K * T)
+    w = np.ascontiguousarray(w).reshape(B * Nq, M, 1, K * T)
+    out = np.empty((B * Nq, M, 1, D), value.dtype)                                   # [B*Nq, M, 1, D]
+
+    def part(lo, hi):
+        v = np.take(texels, rows[lo:hi], axis=0)                                     # [n, M, K*T, D]
+        np.matmul(w[lo:hi], v, out=out[lo:hi])
+    parallel(part, B * Nq, B * Nq * M * K * T * D)
+    return out.reshape(B, Nq, M * D)                                                 # [B, Nq, M*D]
+
+
+def sampling_locations(reference_boxes, offsets, n_points_scale, offset_scale):
+    """model/deformable_attention.sampling_locations (the same operations): b_xy + Delta * (1/K_l) * b_wh * 0.5."""
+    b_xy = reference_boxes[:, :, None, None, :2]                                     # [B, Nq, 1, 1, 2]
+    b_wh = reference_boxes[:, :, None, None, 2:]                                     # [B, Nq, 1, 1, 2]
+    return b_xy + offsets * n_points_scale[:, None] * b_wh * offset_scale            # [B, Nq, M, K, 2]
+
+
+def deformable_attention(p, query, reference_boxes, value, spatial_shapes, M, n_points, offset_scale, method):
+    """model/deformable_attention.multiscale_deformable_attention with a precomputed value tensor.
+
+    p: a prepared decoder layer ("offsets_weights" stacked GEMM, "n_points_scale", "out"); value [B, Nv, M, D]
+    is value_proj(memory), computed by the caller. Returns (out [B, Nq, C], loc, attention weights).
+    """
+    B, Nq, C = query.shape
+    K = sum(n_points)
+    ow = linear(query, p["offsets_weights"])                                         # [B, Nq, M*K*3]
+    offsets = ow[..., :M * K * 2].reshape(B, Nq, M, K, 2)                            # [B, Nq, M, K, 2]
+    weights = softmax_(np.ascontiguousarray(ow[..., M * K * 2:]).reshape(B, Nq, M, K))   # [B, Nq, M, K]
+    loc = sampling_locations(reference_boxes, offsets, p["n_points_scale"], offset_scale)
+    out = deformable_core(value, spatial_shapes, loc, weights, n_points, method)     # [B, Nq, M*D]
+    return linear(out, p["out"]), loc, weights
+
+
+def encoder_layer(x, pos, p, act, eps):
+    """model/hybrid_encoder.encoder_layer (post-norm) with the fast attention. x [B, N, C], pos [N, C] or None."""
+    from ..model.nn import activation_
+    qk = x if pos is None else x + pos
+    x = layer_norm(x + self_attention(qk, x, p["attn"]), p["ln1"], eps)
+    h = activation_(linear(x, p["fc1"]), act)                                        # [B, N, F]
+    return layer_norm(x + linear(h, p["fc2"]), p["ln2"], eps)                        # [B, N, C]

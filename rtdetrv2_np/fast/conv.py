@@ -1,0 +1,246 @@
+"""Fast convolutions on channel-major maps [C, B, H, W]: 1x1 as one GEMM, 3x3 stride 1 by Winograd minimal
+filtering, everything else by im2col. Each replaces rtdetrv2_np.model.nn.conv2d followed by the folded BatchNorm
+shift and the activation (model/nn.conv_bn); rtdetrv2_np.fast.prepare folds the weights and picks the kernel.
+
+References
+    [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308: §4 (minimal filtering
+         F(m, r) nested to 2-D, Eq. 8), §4.1 F(2x2, 3x3) and §4.2 F(4x4, 3x3) matrices, §5 (error grows with m).
+    [CS] Chellapilla, Puri & Simard, High Performance Convolutional Neural Networks for Document Processing,
+         IWFHR 2006: convolution as "unfolding" (im2col) + one matrix product, as model/nn.conv2d computes it.
+
+Layout. The reference keeps PyTorch's [B, C, H, W]. Here every map is [C, B, H, W] (channel-major): the pixels of
+all images form one axis, so a 1x1 convolution of a whole batch is ONE matrix product W[C_out, C_in] @
+X[C_in, B*H*W] whose result is already the next layer's input layout -- no transpose and no per-image loop between
+layers. For B = 1 the two layouts are the same bytes.
+
+Epilogue. Every kernel ends with fast.ops.epilogue on the rows it has just written, while they are in cache: the
+folded bias, an optional residual (added before the activation), the activation, an optional sum after it.
+"""
+
+import numpy as np
+
+from .ops import epilogue, epilogue_parallel, parallel
+
+# ----------------------------------------------------------------------------------------------------------------
+# 1x1: a plain GEMM
+# ----------------------------------------------------------------------------------------------------------------
+
+def conv1x1(x, w, bias=None, act=None, residual=None, after=None):
+    """Replaces model/nn.conv2d for a 1x1 kernel, stride 1, no padding. x [C_in, B, H, W], w [C_out, C_in] (folded
+    BatchNorm), bias [C_out] -> [C_out, B, H, W].
+
+    The im2col matrix of a 1x1 kernel is the map itself, so there is nothing to copy: out = W @ X[C_in, B*H*W], one
+    BLAS call for the whole batch, then the epilogue.
+    """
+    C_in, B, H, W = x.shape
+    out = np.matmul(w, x.reshape(C_in, B * H * W)).reshape(w.shape[0], B, H, W)   # [C_out, B, H, W]
+    return epilogue_parallel(out, bias, act, residual, after)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Any kernel, any stride: im2col in bands of output rows [CS]
+# ----------------------------------------------------------------------------------------------------------------
+
+IM2COL_BLOCK = 1 << 19   # floats per im2col band (2 MB), model/nn.IM2COL_BLOCK: the band stays in cache and the
+                         # GEMM on it is still large enough to run at full BLAS speed
+
+
+def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, after=None):
+    """Replaces model/nn.conv2d for any square kernel and stride. x [C_in, B, H, W], w [C_out, C_in, K, K] (folded)
+    -> [C_out, B, Ho, Wo], Ho = (H + 2*padding - K) // stride + 1.
+
+    The reference's algorithm -- a column matrix for a band of output rows, one GEMM per band -- on the
+    channel-major layout: row (c, kh, kw) of the band's column matrix holds the pixel that tap (kh, kw) of channel
+    c sees at each output pixel. The copies into the band are split over threads by channel.
+    """
+    C_out, C_in, K, _ = w.shape
+    _, B, H, W = x.shape
+    Ho = (H + 2 * padding - K) // stride + 1
+    Wo = (W + 2 * padding - K) // stride + 1
+    if padding:
+        xp = np.zeros((C_in, B, H + 2 * padding, W + 2 * padding), x.dtype)      # [C_in, B, H+2p, W+2p]
+        xp[:, :, padding:padding + H, padding:padding + W] = x
+    else:
+        xp = x
+    w2 = w.reshape(C_out, C_in * K * K)                                          # [C_out, C_in*K*K]
+    out = np.empty((C_out, B, Ho, Wo), x.dtype)                                  # [C_out, B, Ho, Wo]
+    rows = max(1, min(Ho, IM2COL_BLOCK // (C_in * K * K * Wo)))                  # output rows per band
+    buf = np.empty(C_in * K * K * rows * Wo, x.dtype)
+    for b in range(B):
+        for y0 in range(0, Ho, rows):
+            n = min(rows, Ho - y0)
+            cols = buf[:C_in * K * K * n * Wo].reshape(C_in, K, K, n, Wo)       # [C_in, K, K, n, Wo]
+
+            def fill(lo, hi):
+                for kh in range(K):
+                    top = kh + stride * y0
+                    for kw in range(K):
+                        cols[lo:hi, kh, kw] = xp[lo:hi, b, top:top + stride * (n - 1) + 1:stride,
+                                                 kw:kw + stride * (Wo - 1) + 1:stride]
+            parallel(fill, C_in, cols.size)
+            band = out[:, b, y0:y0 + n]                                          # [C_out, n, Wo] (a view)
+            np.matmul(w2, cols.reshape(C_in * K * K, n * Wo), out=band.reshape(C_out, n * Wo))
+            epilogue_parallel(band, bias, act, None if residual is None else residual[:, b, y0:y0 + n],
+                              None if after is None else after[:, b, y0:y0 + n])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# 3x3 stride 1: Winograd minimal filtering F(m x m, 3 x 3) [LG]
+# ----------------------------------------------------------------------------------------------------------------
+#
+# One output tile Y [m, m] from the input tile d [a, a] (a = m + 2, overlapping by 2) and the kernel g [3, 3]:
+#     Y = A^T [ (G g G^T) * (B^T d B) ] A          ([LG] Eq. 8; * element-wise, a cross-correlation as in CNNs)
+# Summed over input channels, the element-wise product becomes, for each of the a*a positions (i, j), one matrix
+# product over channels:  M[ij] = U[ij] @ V[ij],  U[ij] [C_out, C_in] = (G g G^T)[i, j] of every kernel (computed
+# once at load: winograd_filter), V[ij] [C_in, tiles] = (B^T d B)[i, j] of every tile. Multiplications per output
+# pixel and channel pair: a^2 / m^2 instead of 9 (F(2,3): 4, F(4,3): 2.25).
+# Error ([LG] §5; measured in tests/test_fast.py against float64): F(2,3) is as accurate as the direct sum; F(4,3)
+# uses the points 0, +-1, +-2 and its transforms have coefficients up to 8 and 1/24, so rounding errors are ~8x
+# larger (rms ~2e-6 of the output's scale in float32).
+
+WINOGRAD = {
+    # m: (B^T [a, a], G [a, 3], A^T [m, a]) -- [LG] §4.1 (F(2x2, 3x3)) and §4.2 (F(4x4, 3x3))
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
+WINOGRAD_TILES = 512       # tiles per band (all images): fewer make the a*a GEMMs too thin for BLAS, more make the
+                           # band's buffers outgrow the cache (measured on r18vd shapes, 128-512 channels: best at
+                           # 250-500 tiles, 1.2-1.7x faster than 4x as many or a quarter as many)
+TRANSFORM_BLOCK = 1 << 17  # floats of transform intermediates per channel chunk (512 KB, an L2): fewer,
+                           # larger chunks cost more cache misses, smaller ones more NumPy calls (~2 us each)
+
+
+def winograd_filter(w, m):
+    """U = G g G^T for every kernel, once per model. w [C_out, C_in, 3, 3] (folded) -> U [a*a, C_out, C_in].
+
+    As one GEMM, vec(G g G^T) = (G kron G) vec(g), straight into the [a*a, C_out, C_in] layout the GEMMs read.
+    In float64, rounded once: computed in float32 instead, U's own rounding (sums of up to 9 scaled weights)
+    raised the convolution's error vs float64 from 0.7e-6 to 1.2e-6 in a test; F(4,3)'s 1/6, 1/24 are not even
+    exact in float32.
+    """
+    _, G, _ = WINOGRAD[m]
+    C_out, C_in = w.shape[:2]
+    g = np.ascontiguousarray(w.reshape(C_out * C_in, 9).T, dtype=np.float64)          # [9, C_out*C_in]
+    U = np.matmul(np.kron(G, G), g)                                                   # [a*a, C_out*C_in]
+    return U.astype(w.dtype).reshape((m + 2) ** 2, C_out, C_in)                       # [a*a, C_out, C_in]
+
+
+def _lincomb(coeffs, terms, out):
+    """out = sum_j coeffs[j] * terms[j] (zero coefficients skipped): the first two terms in one ufunc call when
+    both coefficients are +-1, then one call per term (+-1: add / subtract; others: a multiply into a temporary).
+    """
+    nz = [(float(c), t) for c, t in zip(coeffs, terms) if c != 0]
+    acc = out
+    (c0, t0), rest = nz[0], nz[1:]
+    if rest and c0 in (1, -1) and rest[0][0] in (1, -1):                   # +-t0 +- t1 in one call
+        (c1, t1), rest = rest[0], rest[1:]
+        dst = out if not rest else acc
+        if c0 == 1:
+            (np.add if c1 == 1 else np.subtract)(t0, t1, out=dst)
+        elif c1 == 1:
+            np.subtract(t1, t0, out=dst)
+        else:
+            np.add(t0, t1, out=dst)
+            np.negative(dst, out=dst)
+    elif c0 == 1:
+        np.copyto(out if not rest else acc, t0)
+    else:
+        np.multiply(t0, out.dtype.type(c0), out=out if not rest else acc)
+    for j, (c, t) in enumerate(rest):
+        dst = out if j == len(rest) - 1 else acc
+        if c == 1:
+            np.add(acc, t, out=dst)
+        elif c == -1:
+            np.subtract(acc, t, out=dst)
+        else:
+            np.add(acc, out.dtype.type(c) * t, out=dst)
+    return out
+
+
+def conv_winograd(x, U, bias=None, m=2, act=None, residual=None, after=None, padding=1):
+    """Replaces model/nn.conv2d for a 3x3 kernel with stride 1 ([LG] §4). x [C_in, B, H, W], U [a*a, C_out, C_in]
+    from winograd_filter, bias [C_out] -> [C_out, B, Ho, Wo], Ho = H + 2*padding - 2 (a = m + 2).
+
+    Phase planes. Tile (t, u) covers padded rows m*t .. m*t + a-1 and columns m*u .. m*u + a-1, so its entry
+    (i, j) is pixel (t + i // m, u + j // m) of phase plane (i % m, j % m): the padded map's pixels whose row and
+    column leave the remainders i % m, j % m. Stored flat, each plane [Hq * Wq] with Wq = tw + 1, entry (i, j) of
+    every tile is ONE contiguous slice of its plane, shifted by (i // m) * Wq + j // m; the extra tile column
+    u = tw reads across the row's end and is computed and thrown away. So every input-transform step is one NumPy
+    call on long contiguous rows; only the copy into the planes and the final write into the output are strided.
+    Bands of tile rows (all images at once, WINOGRAD_TILES): input transform V = B^T d B (columns, then rows, as
+    NumPy additions), the a*a GEMMs M = U @ V, the output transform Y = A^T M A as ONE more GEMM with the m*m x a*a
+    matrix A^T kron A^T (measured 2x faster than 24 NumPy passes), Y scattered into the output, then the epilogue
+    on the band. The element-wise steps are split over threads by channel.
+    """
+    BT, _, AT = WINOGRAD[m]
+    A2, C_out, C_in = U.shape
+    a = m + 2
+    _, B, H, W = x.shape
+    Ho, Wo = H + 2 * padding - 2, W + 2 * padding - 2
+    th, tw = -(-Ho // m), -(-Wo // m)                                            # tiles down, across
+    Wq = tw + 1
+    Lp = (th + 1) * Wq + 1                                                       # plane length (+1: last shift)
+    xq = np.zeros((C_in, B, m, m, Lp), x.dtype)                                  # [C_in, B, m, m, Hq*Wq+1]
+    planes = xq[..., :(th + 1) * Wq].reshape(C_in, B, m, m, th + 1, Wq)          # [C_in, B, m, m, Hq, Wq] view
+    for pr in range(m):
+        r0 = (pr - padding) % m                                                  # first input row of this phase
+        for pc in range(m):
+            c0 = (pc - padding) % m
+            if r0 < H and c0 < W:
+                src = x[:, :, r0::m, c0::m]                                      # [C_in, B, h, w]
+                s0, u0 = (r0 + padding) // m, (c0 + padding) // m
+                planes[:, :, pr, pc, s0:s0 + src.shape[2], u0:u0 + src.shape[3]] = src
+    out = np.empty((C_out, B, m * th, m * tw), x.dtype)                          # [C_out, B, m*th, m*tw]
+    nb = max(1, min(th, WINOGRAD_TILES // (B * Wq)))                             # tile rows per band, at most
+    nb = -(-th // -(-th // nb))                                                  # ... evened out over the bands
+    # one flat buffer per stage, sized for a full band; each band takes a contiguous view of its own length
+    bufs = [np.empty(size * B, x.dtype) for size in (m * a * C_in * (nb + 1) * Wq, A2 * C_in * nb * Wq,
+                                                       A2 * C_out * nb * Wq, m * m * C_out * nb * Wq)]
+    AA = np.kron(AT, AT).astype(x.dtype)                                         # [m*m, a*a]
+    for r0 in range(0, th, nb):
+        n = min(nb, th - r0)
+        N = n * Wq                                                               # tiles of one image in the band
+        Tc = bufs[0][:m * a * C_in * B * (N + Wq)].reshape(m, a, C_in, B, N + Wq)   # B^T along columns
+        V = bufs[1][:A2 * C_in * B * N].reshape(A2, C_in, B, N)                  # B^T d B per tile
+        Mb = bufs[2][:A2 * C_out * B * N].reshape(A2, C_out, B * N)              # U @ V per position
+        Y = bufs[3][:m * m * C_out * B * N]                                      # A^T M A per tile
+        f0 = r0 * Wq                                                             # first tile of the band
+        y0, y1 = m * r0, min(m * (r0 + n), Ho)                                   # output rows of the band
+
+        def input_transform(lo, hi):
+            step = max(1, TRANSFORM_BLOCK // (m * a * B * (N + Wq)))             # channels per chunk
+            for c0 in range(lo, hi, step):
+                c1 = min(hi, c0 + step)
+                for pr in range(m):                                              # columns, both row phases
+                    cols = [xq[c0:c1, :, pr, j % m, f0 + j // m:f0 + j // m + N + Wq] for j in range(a)]
+                    for j in range(a):
+                        _lincomb(BT[j], cols, Tc[pr, j, c0:c1])
+                for j in range(a):                                               # then rows
+                    rows = [Tc[i % m, j, c0:c1, :, (i // m) * Wq:(i // m) * Wq + N] for i in range(a)]
+                    for i in range(a):
+                        _lincomb(BT[i], rows, V[i * a + j, c0:c1])
+        parallel(input_transform, C_in, C_in * B * N * A2)
+        np.matmul(U, V.reshape(A2, C_in, B * N), out=Mb)                         # [a*a, C_out, B*N]
+        # output transform as one GEMM: vec(A^T M A) = (A^T kron A^T) vec(M), all tiles and channels at once
+        np.matmul(AA, Mb.reshape(A2, C_out * B * N), out=Y.reshape(m * m, C_out * B * N))
+        Y6 = Y.reshape(m, m, C_out, B, n, Wq)                                    # [m, m, C_out, B, n, Wq]
+        band = out[:, :, y0:m * (r0 + n)].reshape(C_out, B, n, m, tw, m)         # [C_out, B, n, m, tw, m] view
+
+        def scatter(lo, hi):
+            for i in range(m):
+                for k in range(m):
+                    band[lo:hi, :, :, i, :, k] = Y6[i, k, lo:hi, :, :, :tw]
+            epilogue(out[lo:hi, :, y0:y1, :Wo], None if bias is None else bias[lo:hi], act,
+                     None if residual is None else residual[lo:hi, :, y0:y1],
+                     None if after is None else after[lo:hi, :, y0:y1])
+        parallel(scatter, C_out, C_out * B * N * m * m)
+    if m * th != Ho or m * tw != Wo:
+        out = np.ascontiguousarray(out[:, :, :Ho, :Wo])                          # [C_out, B, Ho, Wo]
+    return out

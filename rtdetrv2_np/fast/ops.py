@@ -1,0 +1,83 @@
+"""Small shared pieces of the fast path: the bias / residual / activation epilogue and a thread split of
+element-wise work.
+
+Both cores outside BLAS. NumPy releases the GIL inside its element-wise loops (ufuncs, take, copies) on float
+arrays, so Python threads that each run such calls on their own rows of an array run at the same time.
+`parallel` splits a range of rows (channels, queries) into contiguous chunks, one per thread. Every element is
+computed by exactly the same operations as without the split, so results are bit-identical whatever the number of
+threads (tests/test_fast.py checks it). BLAS calls are never split this way: the BLAS library already uses every
+core inside one call.
+"""
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+from ..model.nn import ACTIVATIONS
+
+
+def _cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:                                   # not on Linux
+        return os.cpu_count() or 1
+
+
+# Threads for element-wise work: one per core this process may run on, at most 4 (beyond that memory bandwidth,
+# not compute, bounds these operations). RTDETRV2_NP_THREADS=n overrides it; 1 runs everything in the caller.
+THREADS = max(1, int(os.environ.get("RTDETRV2_NP_THREADS", "0") or 0) or min(4, _cores()))
+MIN_PARALLEL = 1 << 16   # elements below which a split costs more (thread hand-off, ~20 us) than it saves
+
+_pool = None
+
+
+def _executor():
+    global _pool
+    if _pool is None:
+        _pool = ThreadPoolExecutor(max_workers=THREADS - 1, thread_name_prefix="rtdetrv2_np")
+    return _pool
+
+
+def parallel(fn, n, size=None):
+    """Call fn(lo, hi) on contiguous chunks [lo, hi) that cover range(n), on up to THREADS threads.
+
+    size: the number of elements the whole call touches; below MIN_PARALLEL (or with one thread, or n < 2) fn(0, n)
+    runs here, in one piece. fn must write only to its own rows. The calling thread takes the first chunk.
+    """
+    k = min(THREADS, n)
+    if k < 2 or (size is not None and size < MIN_PARALLEL):
+        fn(0, n)
+        return
+    bounds = [n * i // k for i in range(k + 1)]
+    futures = [_executor().submit(fn, bounds[i], bounds[i + 1]) for i in range(1, k)]
+    fn(bounds[0], bounds[1])
+    for f in futures:
+        f.result()                                           # re-raises a worker's exception here
+
+
+def epilogue(x, bias=None, act=None, residual=None, after=None):
+    """x += bias; x += residual; x = act(x); x += after -- in place, row by row (x [C, ...], bias [C]).
+
+    The operations and their order are those of the reference: a convolution's folded BatchNorm shift
+    (model/nn.conv2d `out += bias`), a residual sum before the activation (model/backbone.residual_block
+    `y += s` then ReLU), model/nn.activation_, and a sum after the activation (model/hybrid_encoder.csp_rep_layer
+    `a += conv2(x)`). The same ufuncs on the same values give the same bits. Runs in the calling thread: callers
+    split rows with `parallel` (see epilogue_parallel).
+    """
+    if bias is not None:
+        x += bias.reshape((-1,) + (1,) * (x.ndim - 1))
+    if residual is not None:
+        x += residual
+    if act is not None:
+        ACTIVATIONS[act](x, out=x)
+    if after is not None:
+        x += after
+    return x
+
+
+def epilogue_parallel(x, bias=None, act=None, residual=None, after=None):
+    """`epilogue` with its rows split over THREADS threads (bit-identical to one thread)."""
+    def rows(lo, hi):
+        epilogue(x[lo:hi], None if bias is None else bias[lo:hi], act,
+                 None if residual is None else residual[lo:hi], None if after is None else after[lo:hi])
+    parallel(rows, x.shape[0], x.size)
+    return x

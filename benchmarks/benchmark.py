@@ -21,7 +21,9 @@ input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, bo
 the whole graph at once: no breakdown.
 
 Threads: --threads (default: the cores this process may use) for every runtime: OPENBLAS_NUM_THREADS and
-RTDETRV2_NP_THREADS for NumPy, torch.set_num_threads, ONNX Runtime's intra_op_num_threads.
+RTDETRV2_NP_THREADS for NumPy, torch.set_num_threads, ONNX Runtime's intra_op_num_threads. The row "fast, 1
+element-wise thread" is the fast path with RTDETRV2_NP_THREADS=1 (BLAS still on every thread): it measures the
+lever of splitting NumPy's element-wise work over the cores (fast/ops.py), which only a quiet machine can judge.
 
 Requirements: the package's own (numpy, ...) for the NumPy paths; torch + transformers for PyTorch (pip install -e
 ".[reference]" in a separate environment); onnx + onnxruntime for ONNX Runtime. A runtime that is not importable is
@@ -43,9 +45,9 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "tests", "data", "coco_000000039769.png")
 STAGES = ("backbone", "encoder", "query", "decoder", "post")
-RUNTIMES = ("reference", "fast", "torch", "onnx")
-LABELS = {"reference": "rtdetrv2_np reference", "fast": "rtdetrv2_np fast", "torch": "PyTorch eager",
-          "onnx": "ONNX Runtime"}
+RUNTIMES = ("reference", "fast", "fast1", "torch", "onnx")
+LABELS = {"reference": "rtdetrv2_np reference", "fast": "rtdetrv2_np fast", "fast1": "fast, 1 element-wise thread",
+          "torch": "PyTorch eager", "onnx": "ONNX Runtime"}
 
 # --quick: a tiny basic-block architecture (the shape of tests/fixtures/reference/tiny_basic) at 64x64
 QUICK_CONFIG = dict(
@@ -198,7 +200,7 @@ def numpy_runtime(impl, directory, x, clock):
     for name, stage in (("backbone", "backbone"), ("hybrid_encoder", "encoder"), ("decoder", "decoder")):
         clock.wrap(det, name, stage)
     t = time.perf_counter()
-    model = load_model(directory, fast=impl == "fast")
+    model = load_model(directory, fast=impl != "reference")
     load = time.perf_counter() - t
     sizes = [x.shape[2:]] * x.shape[0]
 
@@ -288,7 +290,7 @@ def run_one(a):
     """Subprocess body: load, one first pass, a.repeat timed passes; prints one JSON line."""
     x = pixel_values(a.size, a.batch)
     clock = StageClock()
-    if a._impl in ("reference", "fast"):
+    if a._impl in ("reference", "fast", "fast1"):
         load, run, info = numpy_runtime(a._impl, a._dir, x, clock)
     elif a._impl == "torch":
         load, run, info = torch_runtime(a._dir, x, clock, a.threads)
@@ -380,7 +382,7 @@ def kernel_sweep(a):
 # ----------------------------------------------------------------------------------------------------------------
 
 def available():
-    impls = ["reference", "fast"]
+    impls = ["reference", "fast", "fast1"]
     missing = []
     for impl, mods in (("torch", ("torch", "transformers")), ("onnx", ("torch", "transformers", "onnx",
                                                                       "onnxruntime"))):
@@ -463,7 +465,8 @@ def main():
                            "--threads", str(a.threads)]
                     if impl == "onnx":
                         cmd += ["--_onnx", exports[(v, b)][0]]
-                    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+                    run_env = dict(env, RTDETRV2_NP_THREADS="1") if impl == "fast1" else env
+                    out = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
                     if out.returncode:
                         raise SystemExit(f"{impl} on {v} batch {b} failed:\n{out.stderr[-3000:]}")
                     res = json.loads(out.stdout.strip().splitlines()[-1])

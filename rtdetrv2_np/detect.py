@@ -94,6 +94,9 @@ def parse_args(argv):
                    help="deformable-attention sampling (default: the checkpoint's; discrete for *_dsp models)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[640, 640],
                    help="model input height and width, multiples of 32 (default: 640 640, the training size)")
+    p.add_argument("--reference", action="store_true",
+                   help="run the reference path (rtdetrv2_np.model, what the notebooks teach) instead of the fast "
+                        "float32 kernels (rtdetrv2_np.fast; the same detections up to float32 rounding)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
     p.add_argument("--save", metavar="DIR", help="write each image with its detections drawn to DIR/<name>.png "
                                                  "(DIR is created if needed)")
@@ -337,7 +340,8 @@ def run(args):
 
     progress = _Progress(enabled=len(images) > 1 and (sys.stderr.isatty() or folder))
     try:
-        model = load_model(args.model, method=args.method, revision=args.revision, progress=progress.download)
+        model = load_model(args.model, method=args.method, revision=args.revision, progress=progress.download,
+                           fast=not args.reference)
     except RTDetrError as e:
         _err(str(e))
         return 1

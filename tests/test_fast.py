@@ -23,6 +23,7 @@ Tolerances, and why.
 """
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -577,3 +578,22 @@ def test_plan_kernels_follow_the_rule():
     assert kinds[(512, 512, 3, 1)] == "winograd" and kinds[(256, 128, 3, 2)] == "im2col"
     assert kinds[(256, 128, 1, 1)] == "1x1"
     assert all(v != "winograd" for (c_out, c_in, k, s), v in kinds.items() if k != 3 or s != 1)
+
+
+def test_detect_command_uses_the_fast_path_and_reference_on_request(capsys):
+    """python -m rtdetrv2_np.detect runs the fast path by default; --reference the reference path: the same
+    detections (labels exactly, scores and boxes up to float32 rounding: scores 1e-5, boxes 1e-3 pixels, as
+    tests/test_detect.py holds them against transformers)."""
+    from rtdetrv2_np import detect
+    image = str(FIXTURES.parents[1] / "data" / "coco_000000039769.png")
+    args = [image, "--model", str(FIXTURES / "tiny_basic"), "--json", "--threshold", "0", "--size", "96", "64"]
+    docs = {}
+    for name, extra in (("fast", []), ("reference", ["--reference"])):
+        assert detect.main(args + extra) == 0
+        docs[name] = json.loads(capsys.readouterr().out)
+    # in one order (two near-tied scores may come out of the top-k either way round)
+    fast, ref = (sorted(docs[k]["images"][0]["detections"], key=lambda d: (d["label_id"], d["box"]))
+                 for k in ("fast", "reference"))
+    assert [d["label_id"] for d in fast] == [d["label_id"] for d in ref] and len(fast) == 20
+    assert_close([d["score"] for d in fast], [d["score"] for d in ref], 1e-5, "scores, fast vs reference")
+    assert_close([d["box"] for d in fast], [d["box"] for d in ref], 1e-3, "boxes, fast vs reference")

@@ -8,6 +8,9 @@ rtdetrv2_np.model stays the definition (readable, what the walkthrough notebooks
 of that readability for speed and is checked against it (tests/test_fast.py: every kernel against the reference
 function it replaces, on irregular shapes; the whole model against the recorded PyTorch cases). Results agree with
 the reference path up to float32 rounding: the kernels sum in other orders, never compute other things.
+Everything the reference forward supports is supported (the five variants and any valid config, bilinear and
+discrete sampling, batches, non-square inputs, per-level point counts, eval_idx, trace). float32 only: float64
+pixel values are computed in float32 (rtdetrv2_np.model is the float64 path).
 
     conv.py       convolutions on channel-major maps [C, B, H, W]: 1x1 as one GEMM, 3x3 stride 1 by Winograd
                   F(2x2, 3x3) [LG], the rest by im2col [CS]          replaces model/nn.conv2d (+ conv_bn)
@@ -19,18 +22,26 @@ the reference path up to float32 rounding: the kernels sum in other orders, neve
     detector.py   the forward pass and FastModel                    mirrors model/detector.py and the stage files
     ops.py        the bias / residual / activation epilogue, a small thread pool for element-wise work
 
-The levers, and what each gave in interleaved A/B runs on the development machine (2 cores shared with other jobs,
-so ratios only; single-thread CPU time, r18vd 640x640 batch 1, reference = 1):
-    BatchNorm folded once                  the reference refolds every call: ~4 % of its forward pass
-    Winograd F(2,3), 3x3 stride 1          per layer: 256 and 512 channels 1.3-1.9x, 128 channels 1.0-1.2x,
-                                           64 channels 0.6x (the transforms cost more than the multiplications
-                                           they save), so only layers with >= 128 channels use it
-                                           (prepare.WINOGRAD_MIN_CHANNELS); F(4,3) was never faster than F(2,3)
-                                           here and has ~8x its rounding error, so it is not used
-    RepVGG merge, CSP conv1+conv2 stacked, the FPN's 1x1 before the 2x upsampling      encoder: part of the 1.5x
-    box head on the 300 selected queries only, enc_output masking by rows              query selection 2x
-    everything together                    r18vd 0.83, r50vd 0.79 (single thread CPU time)
-benchmarks/benchmark.py measures the whole model on a quiet machine (and --kernels re-measures the per-layer choice).
+The levers, and what each gave in interleaved A/B runs on the development machine (2 cores shared with a training
+job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; > 1 = faster than the reference):
+    BatchNorm folded once (prepare)         the reference refolds on every call: ~4 % of its forward pass
+    Winograd F(2,3), 3x3 stride 1           per layer, vs im2col: 512 channels 1.5-1.9x, 256: 1.3-1.7x, 128: 1.0-1.2x,
+                                            64: 0.6x, 32: 0.5x (the transforms' NumPy passes cost more than the
+                                            multiplications saved), hence Winograd from 128 channels
+                                            (prepare.WINOGRAD_MIN_CHANNELS); F(4,3) was never faster than F(2,3) here
+                                            and has ~8x its rounding error: not used (prepare.WINOGRAD_TILE)
+      - output transform as one GEMM        2x on that step against 24 element-wise passes
+      - bands of ~512 tiles                 1.2-1.7x against bands 4x larger or smaller (conv.WINOGRAD_TILES)
+    RepVGG merge, CSP conv1+conv2 stacked, FPN 1x1 before the upsampling    encoder 1.3x (r18vd), 1.45x (r50vd)
+    separable, unpadded max pool            3x (0.07 -> 0.02 s)
+    box head on the Nq selected rows only   query selection 2.4x
+    deformable attention, one gather        1.75x bilinear, 4x discrete (batch 4: 1.8x, 6x)
+    self-attention, stacked q/k GEMM        1.2x
+    element-wise work split over 2 threads  not measurable here (with the cores busy it lost: 3.05 s vs 2.50 s
+                                            wall); benchmarks/benchmark.py reports the fast path both ways
+    the whole forward pass                  r18vd 1.34x (0.75 of the reference's time), r50vd 1.24x (0.81)
+benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
+--kernels option re-measures the per-layer Winograd / im2col choice there.
 
 References (besides the package's [1]-[11]):
     [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308.

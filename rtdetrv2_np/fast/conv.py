@@ -120,16 +120,20 @@ TRANSFORM_BLOCK = 1 << 17  # floats of transform intermediates per channel chunk
 def winograd_filter(w, m):
     """U = G g G^T for every kernel, once per model. w [C_out, C_in, 3, 3] (folded) -> U [a*a, C_out, C_in].
 
-    As one GEMM, vec(G g G^T) = (G kron G) vec(g), straight into the [a*a, C_out, C_in] layout the GEMMs read.
-    In float64, rounded once: computed in float32 instead, U's own rounding (sums of up to 9 scaled weights)
-    raised the convolution's error vs float64 from 0.7e-6 to 1.2e-6 in a test; F(4,3)'s 1/6, 1/24 are not even
-    exact in float32.
+    As a GEMM, vec(G g G^T) = (G kron G) vec(g), straight into the [a*a, C_out, C_in] layout the GEMMs read. In
+    float64, rounded once: computed in float32 instead, U's own rounding (sums of up to 9 scaled weights) raised the
+    convolution's error vs float64 from 0.7e-6 to 1.2e-6 in a test; F(4,3)'s 1/6, 1/24 are not even exact in
+    float32. In chunks of output channels, so the float64 temporaries stay small (a few MB) at load.
     """
     _, G, _ = WINOGRAD[m]
     C_out, C_in = w.shape[:2]
-    g = np.ascontiguousarray(w.reshape(C_out * C_in, 9).T, dtype=np.float64)          # [9, C_out*C_in]
-    U = np.matmul(np.kron(G, G), g)                                                   # [a*a, C_out*C_in]
-    return U.astype(w.dtype).reshape((m + 2) ** 2, C_out, C_in)                       # [a*a, C_out, C_in]
+    GG = np.kron(G, G)                                                                # [a*a, 9]
+    U = np.empty(((m + 2) ** 2, C_out, C_in), w.dtype)                                # [a*a, C_out, C_in]
+    step = max(1, (1 << 18) // (9 * C_in))                                            # 2 MB of float64 kernels
+    for o in range(0, C_out, step):
+        g = np.ascontiguousarray(w[o:o + step].reshape(-1, 9).T, dtype=np.float64)   # [9, step*C_in]
+        U[:, o:o + step] = np.matmul(GG, g).reshape(-1, g.shape[1] // C_in, C_in)
+    return U
 
 
 def _lincomb(coeffs, terms, out):

@@ -22,7 +22,8 @@ What is derived (each item names the reference computation it replaces):
 Per-layer kernel choice (`conv_kernel`): a 1x1 stride-1 convolution is a plain GEMM; a 3x3 stride-1 one uses
 Winograd F(2x2, 3x3) when both its channel counts are >= WINOGRAD_MIN_CHANNELS; everything else uses im2col.
 Below that width the Winograd transforms (element-wise NumPy passes over 4x the map) cost more than the
-multiplications they save; measured A/B ratios are in benchmarks/benchmark.py --kernels.
+multiplications they save (measured ratios: rtdetrv2_np/fast/__init__.py; re-measure with
+benchmarks/benchmark.py --kernels).
 """
 
 import numpy as np
@@ -108,9 +109,11 @@ def csp_spec(p, act, eps, c_first=None):
 
 
 def linear_spec(*ps):
-    """One or more torch Linear layers on the same input, stacked: {"w": [sum C_out, C_in], "b": [sum C_out]}."""
-    return {"w": np.ascontiguousarray(np.concatenate([p["weight"] for p in ps])),
-            "b": np.concatenate([p["bias"] for p in ps])}
+    """One or more torch Linear layers on the same input, stacked: {"w": [sum C_out, C_in], "b": [sum C_out]}.
+    A single layer keeps its own arrays (no copy)."""
+    if len(ps) == 1:
+        return {"w": ps[0]["weight"], "b": ps[0]["bias"]}
+    return {"w": np.concatenate([p["weight"] for p in ps]), "b": np.concatenate([p["bias"] for p in ps])}
 
 
 def attention_spec(p, heads):

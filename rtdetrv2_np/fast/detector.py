@@ -156,10 +156,6 @@ def hybrid_encoder(features, plan, cfg, cache, trace=None):
         maps[level] = np.ascontiguousarray(tokens.transpose(2, 0, 1)).reshape(C, B, H, W)   # [C, B, H, W]
         if trace is not None:
             trace["encoder.aifi"] = maps[level].transpose(1, 0, 2, 3)
-    for l in range(len(maps)):                                                        # levels without AIFI
-        if maps[l].ndim == 3:                                                         # (tokens only if AIFI ran)
-            _, B, H, W = features[l].shape
-            maps[l] = np.ascontiguousarray(maps[l].transpose(2, 0, 1)).reshape(-1, B, H, W)
     # CCFM ([1] Fig. 4), as model/hybrid_encoder.ccfm
     n = len(maps)
     inner = [maps[-1]]

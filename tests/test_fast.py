@@ -327,6 +327,27 @@ def test_deformable_core_matches_reference(method, seed):
     assert_close(ours, oracle, 2 * gamma(n) * float(np.abs(value).max()), f"deformable core vs loop ({method})")
 
 
+def test_layer_norm_in_place_equals_reference(monkeypatch):
+    """fast.ops.layer_norm_ (in place, in chunks of rows, split over threads) against model/nn.layer_norm: the same
+    operations on every row, so the same bits."""
+    monkeypatch.setattr(fops, "LN_ROWS", 2)
+    monkeypatch.setattr(fops, "THREADS", 2)
+    monkeypatch.setattr(fops, "MIN_PARALLEL", 0)
+    monkeypatch.setattr(fops, "_pool", None)
+    x = (3 * rng.standard_normal((3, 5, 7)) + 1).astype(f32)
+    p = {"weight": rng.standard_normal(7).astype(f32), "bias": rng.standard_normal(7).astype(f32)}
+    assert_close(fops.layer_norm_(x.copy(), p, 1e-5), nn.layer_norm(x, p, 1e-5), 0, "layer_norm_ vs reference")
+
+
+def test_deformable_core_in_chunks_equals_one_gather(monkeypatch):
+    """The gather in chunks of queries (GATHER_BLOCK) gives the same bits as one gather: each (image, query, head)
+    is its own product."""
+    value, loc, weights = random_inputs(1)
+    whole = fattn.deformable_core(value, SHAPES, loc, weights, N_POINTS, "bilinear")
+    monkeypatch.setattr(fattn, "GATHER_BLOCK", 1)
+    assert_close(fattn.deformable_core(value, SHAPES, loc, weights, N_POINTS, "bilinear"), whole, 0, "chunked")
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_discrete_texels_equal_reference_texels(seed):
     """Every sampling index of discrete sampling, compared as indices (a step function of the location)."""

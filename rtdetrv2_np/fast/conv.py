@@ -45,27 +45,33 @@ IM2COL_BLOCK = 1 << 19   # floats per im2col band (2 MB), model/nn.IM2COL_BLOCK:
                          # GEMM on it is still large enough to run at full BLAS speed
 
 
+def _valid(n_out, n_in, k, stride, padding):
+    """[lo, hi): the output positions o whose tap k reads inside the input, 0 <= o*stride + k - padding < n_in."""
+    lo = max(0, -((k - padding) // stride))                                      # ceil((padding - k) / stride)
+    hi = min(n_out, (n_in - 1 + padding - k) // stride + 1)
+    return lo, max(lo, hi)
+
+
 def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, after=None):
     """Replaces model/nn.conv2d for any square kernel and stride. x [C_in, B, H, W], w [C_out, C_in, K, K] (folded)
     -> [C_out, B, Ho, Wo], Ho = (H + 2*padding - K) // stride + 1.
 
     The reference's algorithm -- a column matrix for a band of output rows, one GEMM per band -- on the
     channel-major layout: row (c, kh, kw) of the band's column matrix holds the pixel that tap (kh, kw) of channel
-    c sees at each output pixel. The copies into the band are split over threads by channel.
+    c sees at each output pixel. The padding is not materialised (no padded copy of the input): each tap copies
+    the pixels it sees inside the map and zeroes the strips that fall on the padding. The copies are split over
+    threads by channel.
     """
     C_out, C_in, K, _ = w.shape
     _, B, H, W = x.shape
     Ho = (H + 2 * padding - K) // stride + 1
     Wo = (W + 2 * padding - K) // stride + 1
-    if padding:
-        xp = np.zeros((C_in, B, H + 2 * padding, W + 2 * padding), x.dtype)      # [C_in, B, H+2p, W+2p]
-        xp[:, :, padding:padding + H, padding:padding + W] = x
-    else:
-        xp = x
     w2 = w.reshape(C_out, C_in * K * K)                                          # [C_out, C_in*K*K]
     out = np.empty((C_out, B, Ho, Wo), x.dtype)                                  # [C_out, B, Ho, Wo]
     rows = max(1, min(Ho, IM2COL_BLOCK // (C_in * K * K * Wo)))                  # output rows per band
     buf = np.empty(C_in * K * K * rows * Wo, x.dtype)
+    ys = [_valid(Ho, H, k, stride, padding) for k in range(K)]                   # per tap row: valid outputs
+    xs = [_valid(Wo, W, k, stride, padding) for k in range(K)]                   # per tap column
     for b in range(B):
         for y0 in range(0, Ho, rows):
             n = min(rows, Ho - y0)
@@ -73,10 +79,21 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
 
             def fill(lo, hi):
                 for kh in range(K):
-                    top = kh + stride * y0
+                    r0, r1 = max(ys[kh][0], y0) - y0, min(ys[kh][1], y0 + n) - y0   # band rows inside the map
                     for kw in range(K):
-                        cols[lo:hi, kh, kw] = xp[lo:hi, b, top:top + stride * (n - 1) + 1:stride,
-                                                 kw:kw + stride * (Wo - 1) + 1:stride]
+                        c0, c1 = xs[kw]
+                        tap = cols[lo:hi, kh, kw]                                # [c, n, Wo]
+                        if r1 <= r0 or c1 <= c0:
+                            tap[...] = 0
+                            continue
+                        tap[:, :r0] = 0
+                        tap[:, r1:] = 0
+                        tap[:, r0:r1, :c0] = 0
+                        tap[:, r0:r1, c1:] = 0
+                        iy = (y0 + r0) * stride + kh - padding                   # first input row / column read
+                        ix = c0 * stride + kw - padding
+                        tap[:, r0:r1, c0:c1] = x[lo:hi, b, iy:iy + stride * (r1 - r0 - 1) + 1:stride,
+                                                 ix:ix + stride * (c1 - c0 - 1) + 1:stride]
             parallel(fill, C_in, cols.size)
             band = out[:, b, y0:y0 + n]                                          # [C_out, n, Wo] (a view)
             np.matmul(w2, cols.reshape(C_in * K * K, n * Wo), out=band.reshape(C_out, n * Wo))

@@ -14,11 +14,11 @@ import numpy as np
 from ..model.config import Config
 from ..model.detector import DetectionOutput, _check_pixels
 from ..model.hybrid_encoder import sincos_position_embedding
-from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, layer_norm, sigmoid, topk
+from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, sigmoid, topk
 from ..model.query_selection import anchor_grid, generate_anchors
 from .attention import deformable_attention, encoder_layer, linear, self_attention
 from .conv import conv1x1, conv_im2col, conv_winograd
-from .ops import epilogue_parallel
+from .ops import epilogue_parallel, layer_norm_
 from .prepare import prepare
 
 
@@ -207,7 +207,7 @@ def select_queries(memory, spatial_shapes, plan, cfg, cache, trace=None):
     anchors, valid = cache[key]                                                       # [Nv, 4], [Nv]
     out = linear(memory, plan["enc_output"])                                          # [B, Nv, C]
     out[:, ~valid] = plan["enc_output"]["b"]
-    out = layer_norm(out, plan["enc_output_ln"], cfg.layer_norm_eps)                  # [B, Nv, C]
+    out = layer_norm_(out, plan["enc_output_ln"], cfg.layer_norm_eps)                  # [B, Nv, C]
     enc_logits = linear(out, plan["enc_score_head"])                                  # [B, Nv, NC]
     index = topk(enc_logits.max(axis=-1), cfg.num_queries)                           # [B, Nq]
     picked = np.take_along_axis(out, index[:, :, None], axis=1)                       # [B, Nq, C]
@@ -238,13 +238,13 @@ def decoder(target, reference_boxes, memory, spatial_shapes, plan, cfg, trace=No
     for i, p in enumerate(layers):
         pos = mlp(boxes, plan["query_pos_head"])                                      # [B, Nq, C]
         q = x + pos
-        x = layer_norm(x + self_attention(q, x, p["self_attn"]), p["ln1"], eps)       # [B, Nq, C]
+        x = layer_norm_(x + self_attention(q, x, p["self_attn"]), p["ln1"], eps)       # [B, Nq, C]
         value = linear(memory, p["value"]).reshape(B, Nv, M, C // M)                 # [B, Nv, M, D]
         attn, loc, weights = deformable_attention(p, x + pos, boxes, value, spatial_shapes, M, cfg.n_points,
                                                   cfg.decoder_offset_scale, cfg.method)
-        x = layer_norm(x + attn, p["ln2"], eps)
+        x = layer_norm_(x + attn, p["ln2"], eps)
         h = activation_(linear(x, p["fc1"]), cfg.decoder_activation_function)       # [B, Nq, F]
-        x = layer_norm(x + linear(h, p["fc2"]), p["ln3"], eps)                        # [B, Nq, C]
+        x = layer_norm_(x + linear(h, p["fc2"]), p["ln3"], eps)                        # [B, Nq, C]
         boxes = sigmoid(mlp(x, p["bbox_embed"]) + inverse_sigmoid(boxes))             # [B, Nq, 4]
         if trace is not None or i == len(layers) - 1:
             logits = linear(x, p["class_embed"])                                      # [B, Nq, NC]

@@ -6,7 +6,8 @@ Accepted sources:
     - a Hugging Face hub id such as "PekingU/rtdetr_v2_r18vd" (config.json + model.safetensors downloaded into, or
       found in, the cache transformers uses; see hub.py), optionally at a revision;
     - a model directory laid out as on the Hugging Face hub: config.json + model.safetensors (tensor names as in
-      those of the published PekingU/rtdetr_v2_* files); the architecture is read from config.json, the input size
+      those of the published PekingU/rtdetr_v2_* files, or of the RT-DETR v1 files PekingU/rtdetr_*, whose
+      config.json says model_type "rt_detr"); the architecture is read from config.json, the input size
       from preprocessor_config.json when there is one (as the hub's image processor reads it);
     - a converted, self-describing .safetensors file whose metadata holds the config.json text under "config"
       (written by `python -m rtdetrv2_np.convert`);
@@ -88,9 +89,9 @@ def build_model(cfg, tensors, method=None, source="<memory>"):
     method: "bilinear" or "discrete" overrides the config's decoder_method; None keeps it.
     """
     try:
-        cfg = cfg.with_method(method)
+        cfg = cfg.with_method(method)          # an RT-DETR v1 config refuses "discrete" (model.config.V1_DISCRETE)
     except ValueError as e:
-        raise RTDetrError(str(e)) from None
+        raise RTDetrError(f"{source}: {e}") from None
     return Model(cfg, params_tree(check_and_clean(tensors, cfg, source)), source)
 
 

@@ -1,4 +1,5 @@
-"""Official lyuwenyu/RT-DETR [4] checkpoints to the Hugging Face hub's tensor names [5], without torch.
+"""Official lyuwenyu/RT-DETR [4] checkpoints (RT-DETRv2, and RT-DETR v1) to the Hugging Face hub's tensor names [5],
+without torch.
 
 An official `.pth` (read by pth.load_pth: `ema.module`, else `model`) holds the tensors of the official model
 ([4] rtdetrv2_pytorch/src/nn/backbone/presnet.py, src/zoo/rtdetr/hybrid_encoder.py, rtdetrv2_decoder.py) under
@@ -6,14 +7,22 @@ its own names. The explicit rule table RULES maps each onto the hub name transfo
 transformers' convert_rt_detr_v2_weights_to_hf.py [5]); `infer_config` reads the architecture off the tensors' shapes
 when no config.json is given; `load_official` does both and checks the result (weights.check_and_clean).
 
+RT-DETR v1 (the official folder rtdetr_pytorch/ at the same commit, or rtdetrv2_pytorch/'s v1 classes: configs
+rtdetr/*.yml; files *_from_paddle.pth; on the hub PekingU/rtdetr_*) names every tensor as v2 does except two
+unnamed nn.Sequential (`encoder.input_proj.{i}.0/.1`, `decoder.enc_output.0/.1`), and has no `num_points_scale`
+buffers and no anchors in its state dict (v1 keeps them as plain attributes). RULES has a rule for each v1 name; the
+version is read off the buffers (present: v2, absent: v1), and v1 gets bilinear sampling only.
+
 Decisions, and where the official model and transformers differ:
     * decoder.anchors / decoder.valid_mask: the official model loads them from the checkpoint (persistent
       buffers, [4] rtdetrv2_decoder.py `_generate_anchors` at eval_spatial_size); transformers and this package
       recompute them from the input size. All released configs train with `use_ema: True` ([4]
       configs/rtdetrv2/include/optimizer.yml), and [4] src/optim/ema.py `ModelEMA.update` blends every
       floating-point entry of the state dict, buffers included (v = d * v + (1 - d) * v_model, in float32), so
-      such constants drift by float32 rounding (powers of two such as 1/K_l = 0.25 stay exact). We RECOMPUTE, so that a converted model computes what transformers computes, and the converter prints how far
-      the checkpoint's anchors are from the recomputed ones (`compare_anchors`) for information.
+      such constants drift by float32 rounding (powers of two such as 1/K_l = 0.25 stay exact). We RECOMPUTE, so
+      that a converted model computes what transformers computes, and the converter prints how far the
+      checkpoint's anchors are from the recomputed ones (`compare_anchors`) for information. (RT-DETR v1
+      checkpoints hold no anchors.)
     * r50vd_m: the official config stops the decoder after layer 2 of 6 (eval_idx 2); the converted config keeps
       that as decoder_eval_idx = 2 (transformers has no such field and would run all six; see decoder.py).
     * *_dsp checkpoints hold the same tensors as the grid-sampling ones; only the config says "discrete". A .pth
@@ -28,7 +37,7 @@ import re
 import numpy as np
 
 from .errors import RTDetrError
-from .model.config import VARIANTS, variant_config
+from .model.config import MAX_CLASSES, MAX_POINTS, MODEL_TYPES, VARIANTS, variant_config
 from .model.query_selection import generate_anchors
 from .postprocess import COCO_NAMES
 from .weights import check_and_clean, read_config
@@ -42,6 +51,11 @@ from .weights import check_and_clean, read_config
 # needed for inference), ASIDE (decoder.anchors / valid_mask: compared, not kept). The first matching rule wins.
 # Sources: [4] lyuwenyu/RT-DETR rtdetrv2_pytorch/src (presnet.py, hybrid_encoder.py, rtdetrv2_decoder.py);
 # hub names: transformers 4.x RTDetrV2ForObjectDetection as saved in PekingU/rtdetr_v2_* (weights.expected_shapes).
+# RT-DETR v1: every name read in [4] rtdetr_pytorch/src at 068dfde, none derived: presnet.py is v2's (same module
+# names), hybrid_encoder.py differs only in input_proj, rtdetr_decoder.py only in enc_output and in having no
+# num_points_scale buffer (its MSDeformableAttention divides by num_points); anchors / valid_mask are plain
+# attributes there, not in the state dict. transformers' convert_rt_detr_original_pytorch_checkpoint_to_hf.py [5]
+# renames the same v1 names onto the same hub names (PekingU/rtdetr_*).
 RENAME, SPLIT_QKV, DROP, ASIDE = "rename", "split_qkv", "drop", "aside"
 BB = "model.backbone.model"
 RULES = [
@@ -88,6 +102,11 @@ RULES = [
     # Input projections Sequential(conv, norm) -> model.encoder_input_proj.{i}.{0, 1} (moved out of the encoder).
     (r"encoder\.input_proj\.(\d+)\.conv\.weight", r"model.encoder_input_proj.\1.0.weight", RENAME),
     (r"encoder\.input_proj\.(\d+)\.norm\.(\w+)", r"model.encoder_input_proj.\1.1.\2", RENAME),
+    # RT-DETR v1: the same projections as an unnamed Sequential(Conv2d, BatchNorm2d), indices 0 and 1 (read in [4]
+    # rtdetr_pytorch/src/zoo/rtdetr/hybrid_encoder.py `HybridEncoder.input_proj`; rtdetrv2_pytorch's HybridEncoder
+    # builds it with version='v1').
+    (r"encoder\.input_proj\.(\d+)\.0\.weight", r"model.encoder_input_proj.\1.0.weight", RENAME),
+    (r"encoder\.input_proj\.(\d+)\.1\.(\w+)", r"model.encoder_input_proj.\1.1.\2", RENAME),
     # AIFI: nn.MultiheadAttention's fused in_proj -> q/k/v projections; out_proj keeps its name.
     (r"encoder\.encoder\.(\d+)\.layers\.(\d+)\.self_attn\.in_proj_(weight|bias)",
      r"model.encoder.encoder.\1.layers.\2.self_attn.{qkv}_proj.\3", SPLIT_QKV),
@@ -113,6 +132,10 @@ RULES = [
     # Query selection heads: enc_output Sequential(proj, norm) -> enc_output.{0, 1}; score and box heads move up.
     (r"decoder\.enc_output\.proj\.(weight|bias)", r"model.enc_output.0.\1", RENAME),
     (r"decoder\.enc_output\.norm\.(weight|bias)", r"model.enc_output.1.\1", RENAME),
+    # RT-DETR v1: enc_output is an unnamed Sequential(Linear, LayerNorm) (read in [4] rtdetr_pytorch/src/zoo/rtdetr/
+    # rtdetr_decoder.py `RTDETRTransformer.enc_output`; rtdetrv2_pytorch's rtdetr_decoder.py with version='v1').
+    (r"decoder\.enc_output\.0\.(weight|bias)", r"model.enc_output.0.\1", RENAME),
+    (r"decoder\.enc_output\.1\.(weight|bias)", r"model.enc_output.1.\1", RENAME),
     (r"decoder\.enc_score_head\.(weight|bias)", r"model.enc_score_head.\1", RENAME),
     (r"decoder\.enc_bbox_head\.layers\.(\d+)\.(weight|bias)", r"model.enc_bbox_head.layers.\1.\2", RENAME),
     # Learned content queries (learn_query_content=True; no published model uses them).
@@ -135,8 +158,8 @@ RULES = [
     # num_points_scale -> n_points_scale.
     (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.(sampling_offsets|attention_weights|value_proj|output_proj)"
      r"\.(weight|bias)", r"model.decoder.layers.\1.encoder_attn.\2.\3", RENAME),
-    (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.num_points_scale", r"model.decoder.layers.\1.encoder_attn.n_points_scale",
-     RENAME),
+    (r"decoder\.decoder\.layers\.(\d+)\.cross_attn\.num_points_scale",
+     r"model.decoder.layers.\1.encoder_attn.n_points_scale", RENAME),
     # Post-norms: norm1 after self-attention, norm2 after cross-attention, norm3 after the FFN.
     (r"decoder\.decoder\.layers\.(\d+)\.norm1\.(weight|bias)", r"model.decoder.layers.\1.self_attn_layer_norm.\2",
      RENAME),
@@ -176,8 +199,8 @@ def rename_official(state_dict, source="<state dict>"):
             break                                                       # DROP: nothing to keep
         else:
             raise RTDetrError(f"{source}: no conversion rule for the tensor {name!r}; this is not an official "
-                              f"RT-DETRv2 ResNet-vd checkpoint (lyuwenyu/RT-DETR rtdetrv2_pytorch), or a newer one "
-                              f"this converter does not know")
+                              f"RT-DETRv2 or RT-DETR ResNet-vd checkpoint (lyuwenyu/RT-DETR rtdetrv2_pytorch or "
+                              f"rtdetr_pytorch), or a newer one this converter does not know")
     return out, aside
 
 
@@ -203,15 +226,36 @@ def _shape(tensors, name, source):
     return tuple(tensors[name].shape)
 
 
+def _dim(tensors, name, axis, source):
+    """Size `axis` of a tensor; an RTDetrError if the tensor lacks it (a damaged or foreign checkpoint)."""
+    shape = _shape(tensors, name, source)
+    if len(shape) <= axis:
+        raise RTDetrError(f"{source}: tensor {name} has shape {list(shape)}, not the {axis + 1} or more dimensions "
+                          f"of an RT-DETR checkpoint; the checkpoint is damaged or of another model")
+    return shape[axis]
+
+
 def _count(tensors, pattern):
     """How many distinct values the single group of `pattern` takes over the names."""
     rx = re.compile(pattern)
     return len({m.group(1) for m in map(rx.match, tensors) if m})
 
 
+# RT-DETR v1 checkpoints have no 1/K_l buffer, and sampling_offsets has M * L * K_l * 2 rows: the shapes do not
+# separate the heads M from the points K_l. Every official v1 config keeps the decoder's defaults ([4]
+# rtdetr_pytorch/src/zoo/rtdetr/rtdetr_decoder.py `RTDETRTransformer(nhead=8, num_decoder_points=4)`; no
+# configs/rtdetr/*.yml sets them), so M = 8 is taken and K_l read from the rows; a config.json beside the file
+# overrides both.
+V1_HEADS = 8
+
+
 def describe(tensors, source="<state dict>"):
-    """What the hub-named tensors say about the architecture: a dict of config fields (shapes only)."""
-    stages = [f"{BB}.encoder.stages.{s}" for s in range(_count(tensors, re.escape(f"{BB}.encoder.stages.") + r"(\d+)\."))]
+    """What the hub-named tensors say about the architecture: a dict of config fields (shapes only).
+
+    Also "version": 2 if the tensors hold the n_points_scale buffers of RT-DETRv2, 1 (RT-DETR) if not.
+    """
+    n_stages = _count(tensors, re.escape(f"{BB}.encoder.stages.") + r"(\d+)\.")
+    stages = [f"{BB}.encoder.stages.{s}" for s in range(n_stages)]
     bottleneck = f"{stages[0]}.layers.0.layer.2.convolution.weight" in tensors if stages else False
     last = 2 if bottleneck else 1
     enc = "model.encoder.encoder.0.layers.0"
@@ -219,33 +263,52 @@ def describe(tensors, source="<state dict>"):
     d = dict(
         layer_type="bottleneck" if bottleneck else "basic",
         depths=[_count(tensors, re.escape(f"{s}.layers.") + r"(\d+)\.") for s in stages],
-        hidden_sizes=[_shape(tensors, f"{s}.layers.0.layer.{last}.convolution.weight", source)[0] for s in stages],
-        encoder_in_channels=[_shape(tensors, f"model.encoder_input_proj.{i}.0.weight", source)[1]
+        hidden_sizes=[_dim(tensors, f"{s}.layers.0.layer.{last}.convolution.weight", 0, source) for s in stages],
+        encoder_in_channels=[_dim(tensors, f"model.encoder_input_proj.{i}.0.weight", 1, source)
                              for i in range(levels)],
-        encoder_hidden_dim=_shape(tensors, "model.encoder_input_proj.0.0.weight", source)[0],
-        encoder_ffn_dim=_shape(tensors, f"{enc}.fc1.weight", source)[0],
+        encoder_hidden_dim=_dim(tensors, "model.encoder_input_proj.0.0.weight", 0, source),
+        encoder_ffn_dim=_dim(tensors, f"{enc}.fc1.weight", 0, source),
         decoder_layers=_count(tensors, r"model\.decoder\.class_embed\.(\d+)\."),
-        d_model=_shape(tensors, "model.decoder_input_proj.0.0.weight", source)[0],
-        decoder_in_channels=[_shape(tensors, f"model.decoder_input_proj.{i}.0.weight", source)[1]
+        d_model=_dim(tensors, "model.decoder_input_proj.0.0.weight", 0, source),
+        decoder_in_channels=[_dim(tensors, f"model.decoder_input_proj.{i}.0.weight", 1, source)
                              for i in range(levels)],
-        decoder_ffn_dim=_shape(tensors, "model.decoder.layers.0.fc1.weight", source)[0],
+        decoder_ffn_dim=_dim(tensors, "model.decoder.layers.0.fc1.weight", 0, source),
     )
-    d["hidden_expansion"] = _shape(tensors, "model.encoder.fpn_blocks.0.conv1.conv.weight", source)[0] \
-        / d["encoder_hidden_dim"]
-    # Points per level from the 1/K_l buffer ([4] MSDeformableAttention.num_points_scale): K_l entries of 1/K_l.
-    scale = np.asarray(tensors.get("model.decoder.layers.0.encoder_attn.n_points_scale", []), dtype=np.float64)
-    n_points, i = [], 0
-    while i < len(scale) and scale[i] > 0:
-        n_points.append(int(round(1 / scale[i])))
-        i += n_points[-1]
-    if i != len(scale) or len(n_points) != levels:
-        raise RTDetrError(f"{source}: the num_points_scale buffer {scale.round(4).tolist()} is not K_l entries of "
-                          f"1/K_l for each of {levels} levels; the checkpoint is damaged or not RT-DETRv2")
-    d["decoder_n_points"] = n_points[0] if len(set(n_points)) == 1 else n_points
-    K = sum(n_points)
-    d["decoder_attention_heads"] = _shape(tensors, "model.decoder.layers.0.encoder_attn.sampling_offsets.weight",
-                                          source)[0] // (2 * K)
-    d["num_labels"] = _shape(tensors, "model.decoder.class_embed.0.weight", source)[0]
+    d["hidden_expansion"] = _dim(tensors, "model.encoder.fpn_blocks.0.conv1.conv.weight", 0, source) \
+        / max(d["encoder_hidden_dim"], 1)
+    offsets_rows = _dim(tensors, "model.decoder.layers.0.encoder_attn.sampling_offsets.weight", 0, source)
+    scale_name = "model.decoder.layers.0.encoder_attn.n_points_scale"
+    d["version"] = 2 if scale_name in tensors else 1
+    if d["version"] == 2:
+        # Points per level from the 1/K_l buffer ([4] MSDeformableAttention.num_points_scale): K_l entries of 1/K_l.
+        scale = np.asarray(tensors[scale_name], dtype=np.float64).reshape(-1)
+        n_points, i = [], 0
+        while i < len(scale) and np.isfinite(scale[i]) and 1 / (MAX_POINTS + 0.5) < scale[i] <= 1:
+            n_points.append(int(round(1 / scale[i])))               # 1..MAX_POINTS: every pass moves i on
+            i += n_points[-1]
+        if i != len(scale) or len(n_points) != levels:
+            raise RTDetrError(f"{source}: the num_points_scale buffer {scale[:12].round(4).tolist()} is not K_l "
+                              f"entries of 1/K_l for each of {levels} levels; the checkpoint is damaged or not "
+                              f"RT-DETRv2")
+        d["decoder_n_points"] = n_points[0] if len(set(n_points)) == 1 else n_points
+        d["decoder_attention_heads"] = offsets_rows // (2 * sum(n_points))
+    else:
+        # RT-DETR v1: one count for every level, from sampling_offsets' M * L * K_l * 2 rows with M = V1_HEADS.
+        per_level, rem = divmod(offsets_rows, 2 * V1_HEADS * max(levels, 1))
+        if rem or per_level < 1:
+            raise RTDetrError(f"{source}: sampling_offsets has {offsets_rows} rows, not 8 heads x {levels} levels x "
+                              f"K points x 2 of an RT-DETR v1 decoder with the official 8 heads; put a config.json "
+                              f"describing it beside the file or pass --config")
+        d["decoder_n_points"] = per_level
+        d["decoder_attention_heads"] = V1_HEADS
+    d["num_labels"] = _dim(tensors, "model.decoder.class_embed.0.weight", 0, source)
+    # Learned content queries ([4] learnt_init_query / learn_query_content; transformers learn_initial_query): the
+    # embedding's rows are the queries.
+    if "model.weight_embedding.weight" in tensors:
+        d["learn_initial_query"] = True
+        d["num_queries"] = _dim(tensors, "model.weight_embedding.weight", 0, source)
+    # Denoising label embedding: there only when training used denoising queries (num_denoising > 0).
+    d["num_denoising"] = 100 if "model.denoising_class_embed.weight" in tensors else 0
     return d
 
 
@@ -261,9 +324,11 @@ def infer_config(tensors, variant=None, method=None, source="<state dict>"):
     """The Config of hub-named tensors from an official checkpoint: (cfg, variant name, how it was decided).
 
     variant: one of config.VARIANTS to force; None to find the published variant whose structure (block type and
-    counts, widths, encoder and decoder sizes, decoder layer count) the tensors have. Points per level, decoder
-    heads and the number of classes are read from the tensors (so the r18vd sp1-sp3 ablation checkpoints work too).
-    method: "bilinear" (default) or "discrete".
+    counts, widths, encoder and decoder sizes, decoder layer count) the tensors have. The version (RT-DETR v1 or
+    v2: describe), points per level, decoder heads, the number of classes, learned initial queries and the
+    denoising embedding are read from the tensors (so the r18vd sp1-sp3 ablation checkpoints work too).
+    method: "bilinear" (default) or "discrete" (v2 only). Whatever the tensors say, the result is checked as a
+    config.json is: a value this package refuses is an RTDetrError naming it.
     """
     found = describe(tensors, source)
     if variant is None:
@@ -280,10 +345,19 @@ def infer_config(tensors, variant=None, method=None, source="<state dict>"):
         raise RTDetrError(f"unknown variant {variant!r}; choose one of {', '.join(VARIANTS)}")
     else:
         how = "given with --variant"
+    if found["version"] == 1:
+        how += " (RT-DETR v1: no num_points_scale buffers; 8 decoder heads assumed, as in every official v1 config)"
     n = found["num_labels"]
-    id2label = dict(enumerate(COCO_NAMES)) if n == len(COCO_NAMES) else {i: f"LABEL_{i}" for i in range(n)}
-    cfg = variant_config(variant, id2label=id2label, decoder_n_points=found["decoder_n_points"],
-                         decoder_attention_heads=found["decoder_attention_heads"]).with_method(method)
+    id2label = dict(enumerate(COCO_NAMES)) if n == len(COCO_NAMES) else \
+        {i: f"LABEL_{i}" for i in range(n)} if 1 <= n <= MAX_CLASSES else {}    # else refused below, by num_labels
+    read = {k: found[k] for k in ("decoder_n_points", "decoder_attention_heads", "num_denoising",
+                                  "learn_initial_query", "num_queries") if k in found}
+    try:
+        cfg = variant_config(variant, id2label=id2label, num_labels=n, model_type=MODEL_TYPES[found["version"]],
+                             **read)
+        cfg = cfg.with_method(method)
+    except ValueError as e:                          # ConfigError: a value read off the shapes is refused
+        raise RTDetrError(f"{source}: {e}") from None
     return cfg, variant, how
 
 

@@ -27,7 +27,10 @@ from .model.nn import IM2COL_BLOCK
 
 def expected_shapes(cfg):
     """{hub tensor name: shape} of every float tensor inference reads (no num_batches_tracked, no training-only
-    tensors except the ones the hub files carry: denoising_class_embed, n_points_scale)."""
+    tensors except the ones the hub files carry: denoising_class_embed, n_points_scale).
+
+    RT-DETR v1 (cfg.version 1, PekingU/rtdetr_*) has the same names less the n_points_scale buffers ([5]
+    models/rt_detr/modeling_rt_detr.py `RTDetrMultiscaleDeformableAttention` registers none)."""
     s = {}
 
     def bn(prefix, c):
@@ -116,7 +119,8 @@ def expected_shapes(cfg):
         lin(f"{p}.encoder_attn.attention_weights", M * K, d)
         lin(f"{p}.encoder_attn.value_proj", d, d)
         lin(f"{p}.encoder_attn.output_proj", d, d)
-        s[f"{p}.encoder_attn.n_points_scale"] = (K,)
+        if cfg.version == 2:                                      # RT-DETR v1 has no such buffer
+            s[f"{p}.encoder_attn.n_points_scale"] = (K,)
         lin(f"{p}.fc1", cfg.decoder_ffn_dim, d)
         lin(f"{p}.fc2", d, cfg.decoder_ffn_dim)
         for n in ("self_attn_layer_norm", "encoder_attn_layer_norm", "final_layer_norm"):
@@ -131,8 +135,9 @@ def check_and_clean(tensors, cfg, source):
     """Validate a flat {name: array} against the architecture; return float32 arrays under hub names.
 
     Accepted and dropped: num_batches_tracked (int64 counters), the top-level class_embed/bbox_embed copies that
-    transformers ties to model.decoder.* ([5] RTDetrV2ForObjectDetection._tied_weights_keys). Anything missing, unexpected or mis-shaped
-    raises RTDetrError naming the tensor and the file.
+    transformers ties to model.decoder.* ([5] RTDetrV2ForObjectDetection._tied_weights_keys; the v1 converter
+    wrote such copies too). Anything missing, unexpected or mis-shaped raises RTDetrError naming the tensor and the
+    file; n_points_scale buffers present in a v1 or absent from a v2 checkpoint name the version mismatch.
     """
     want = expected_shapes(cfg)
     out = {}
@@ -154,6 +159,9 @@ def check_and_clean(tensors, cfg, source):
             raise RTDetrError(f"{source}: tensor {name} has shape {list(arr.shape)}, the architecture in its config "
                               f"needs {list(want[name])}; the weights and config.json do not belong together")
         out[name] = np.ascontiguousarray(arr, dtype=np.float32)
+    versions = _version_hint(tensors, cfg, source)
+    if versions:
+        raise RTDetrError(versions)
     if unexpected:
         raise RTDetrError(f"{source}: unexpected tensor {unexpected[0]}" +
                           (f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "") +
@@ -164,6 +172,19 @@ def check_and_clean(tensors, cfg, source):
                           (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "") +
                           "; the checkpoint is incomplete or of another architecture")
     return out
+
+
+def _version_hint(tensors, cfg, source):
+    """A message when the n_points_scale buffers say RT-DETR v1 / v2 and the config the other (else None): the one
+    difference of the two checkpoint layouts."""
+    has = any(name.endswith("encoder_attn.n_points_scale") for name in tensors)
+    if cfg.version == 2 and not has and "model.decoder.layers.0.encoder_attn.value_proj.weight" in tensors:
+        return (f"{source}: the checkpoint has no n_points_scale buffers: it is RT-DETR v1, but its config says "
+                f"RT-DETRv2; a v1 config.json has model_type 'rt_detr'")
+    if cfg.version == 1 and has:
+        return (f"{source}: the checkpoint has n_points_scale buffers: it is RT-DETRv2, but its config says RT-DETR "
+                f"v1 (model_type 'rt_detr'); a v2 config.json has model_type 'rt_detr_v2'")
+    return None
 
 
 def params_tree(flat):
@@ -326,7 +347,8 @@ def parse_config(d, source):
     estimated before anything is allocated; RTDetrError naming the field and what is allowed, or the estimate."""
     if not isinstance(d, dict) or d.get("model_type") not in (None, "rt_detr_v2", "rt_detr"):
         kind = d.get("model_type") if isinstance(d, dict) else type(d).__name__
-        raise RTDetrError(f"{source}: model_type {reprlib.repr(kind)} is not an RT-DETRv2 config")
+        raise RTDetrError(f"{source}: model_type {reprlib.repr(kind)} is not an RT-DETRv2 config (nor an RT-DETR v1 "
+                          f"one, 'rt_detr')")
     try:
         cfg = config_from_dict(d)
     except (TypeError, ValueError) as e:

@@ -1,4 +1,5 @@
-"""Record PyTorch reference outputs of RT-DETRv2 (transformers `RTDetrV2ForObjectDetection`) stage by stage.
+"""Record PyTorch reference outputs of RT-DETRv2 (transformers `RTDetrV2ForObjectDetection`) stage by stage, and of
+RT-DETR v1 (`RTDetrForObjectDetection`, the v1_* cases).
 
 The NumPy model in rtdetrv2_np is correct when it reproduces what transformers 5.24 on torch 2.13 (CPU, float32)
 computes for the same weights and the same pixels. This tool makes those recordings ("fixtures") that the tests
@@ -7,7 +8,8 @@ compare against; the tests themselves never import torch.
 For one case (a config, a weight seed, images, an input size, a sampling method) it:
   1. builds the config: `variant_config(name)` or a tiny config via `config_from_dict`, and from it the transformers
      config (`RTDetrV2Config(**cfg.to_hf_dict())`, without our own key `decoder_eval_idx`, plus the inert fields
-     and activation names a case writes, as it writes them);
+     and activation names a case writes, as it writes them); a v1_* case has model_type "rt_detr", so
+     `to_hf_dict` writes an `RTDetrConfig` and the model class is `RTDetrForObjectDetection`;
   2. makes deterministic random weights, `random_params(expected_shapes(cfg), seed, cfg.n_points)` (the tests make
      the same weights without torch), writes them as `model.safetensors` + `config.json` into a directory laid out
      like a hub model directory, loads it with `RTDetrV2ForObjectDetection.from_pretrained` and checks that every
@@ -16,7 +18,9 @@ For one case (a config, a weight seed, images, an input size, a sampling method)
   3. builds the input with Pillow exactly as the tests do (bilinear resize to W x H, float32 x / 255, CHW);
   4. runs the model under `torch.no_grad()` with 2 threads and records every stage by name (forward hooks, plus
      temporary wrappers around `torch.topk`, `multi_scale_deformable_attention_v2` and the model's
-     `generate_anchors` during the forward; transformers' files are not edited). With learn_initial_query the
+     `generate_anchors` during the forward; for v1, forward pre-hooks on each decoder layer's
+     `encoder_attn.attn` (the `MultiScaleDeformableAttention` that receives the sampling locations and attention
+     weights); transformers' files are not edited). With learn_initial_query the
      Embedding module gets a `tile` for that call: transformers 5.24 calls `weight_embedding.tile`, which the
      module does not have (an AttributeError), meaning its weight's, as the official code does;
   5. checks that the top-k query selection is well separated (else tries the next seed) and prints activation
@@ -50,7 +54,7 @@ from PIL import Image
 import torch
 import transformers
 from safetensors.numpy import load_file, save_file
-from transformers import RTDetrV2ForObjectDetection
+from transformers import RTDetrForObjectDetection, RTDetrV2ForObjectDetection
 from transformers.models.rt_detr_v2 import modeling_rt_detr_v2
 
 REPO = Path(__file__).resolve().parent.parent
@@ -144,6 +148,12 @@ CASES = {
     "tiny_decoder_fields": (None, dict(TINY_BASIC, decoder_offset_scale=1.0, decoder_n_points=3), ["cats"],
                             (96, 64), "e2e"),
     "tiny_inert_fields": (None, dict(TINY_BASIC, **INERT_VALUES), ["cats"], (96, 64), "e2e"),
+    # RT-DETR v1 (RTDetrForObjectDetection; tests/test_v1.py). The tiny one has 3 points per level, so v1's
+    # division by K_l (not a power of two) is exercised, and its weights make the official-layout v1 .pth fixture.
+    "v1_tiny_basic": (None, dict(TINY_BASIC, model_type="rt_detr", decoder_n_points=3), ["cats"], (96, 64),
+                      "tiny"),
+    "v1_r18vd_640": ("r18vd", dict(model_type="rt_detr"), ["cats"], (640, 640), "stages"),
+    "v1_r50vd_640": ("r50vd", dict(model_type="rt_detr"), ["cats"], (640, 640), "e2e"),
 }
 
 
@@ -215,7 +225,9 @@ def load_checked(path):
     Anything else missing, unexpected or mismatched means rtdetrv2_np.weights.expected_shapes disagrees with
     transformers, and stops the recording. Returns (model, {"missing_num_batches_tracked": n}).
     """
-    model, info = RTDetrV2ForObjectDetection.from_pretrained(
+    cls = RTDetrForObjectDetection if json.loads(Path(path, "config.json").read_text())["model_type"] == "rt_detr" \
+        else RTDetrV2ForObjectDetection
+    model, info = cls.from_pretrained(
         path, output_loading_info=True, attn_implementation="eager", dtype=torch.float32)
     model.eval()
     missing = sorted(k for k in info["missing_keys"] if not k.endswith("num_batches_tracked"))
@@ -252,7 +264,7 @@ def check_saved(model, params, hub_r18vd=None):
     and are therefore not written. With hub_r18vd (a path, see HUB_R18VD_ENV) the names, shapes and dtypes must
     also equal those of the published r18vd hub file (529 tensors including 46 num_batches_tracked).
     """
-    for i in range(len(model.class_embed)):
+    for i in range(len(getattr(model, "class_embed", []))):    # v1's RTDetrForObjectDetection has no such copies
         assert model.class_embed[i].weight.data_ptr() == model.model.decoder.class_embed[i].weight.data_ptr()
         assert model.bbox_embed[i].layers[0].weight.data_ptr() == \
             model.model.decoder.bbox_embed[i].layers[0].weight.data_ptr()
@@ -324,6 +336,15 @@ def run_recorded(model, pixel_values, cfg):
         anchor_calls.append((_np(out[0]), _np(out[1])))
         return out
 
+    def msda_v1(mod, args):                     # MultiScaleDeformableAttention.forward(value, spatial_shapes,
+        loc, aw = args[4], args[5]              # spatial_shapes_list, level_start_index, loc, weights, im2col_step)
+        B_, Nq_, M_, L_, K_, _ = loc.shape      # [B, Nq, M, L, K_l, 2] -> level-major slots, as v2's [B, Nq, M, K, 2]
+        msda_calls.append((_np(loc).reshape(B_, Nq_, M_, L_ * K_, 2), _np(aw).reshape(B_, Nq_, M_, L_ * K_),
+                           [K_] * L_, "default"))
+
+    if cfg.version == 1:
+        for layer in m.decoder.layers:
+            hooks.append(layer.encoder_attn.attn.register_forward_pre_hook(msda_v1))
     modeling_rt_detr_v2.multi_scale_deformable_attention_v2 = msda
     torch.topk = topk
     m.generate_anchors = generate_anchors
@@ -530,6 +551,7 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
             model_dir = os.path.join(tmp, "model")
             hf_dict, params = write_model_dir(model_dir, cfg, seed, case_hf_extra(name))
             model, load_check = load_checked(model_dir)
+            model_class = type(model).__name__
             rec, spatial = run_recorded(model, pixel_values, cfg)
             sel = selection_margins(rec, Nq)
             gap_ok = sel["topk_boundary_gap"].min() >= MIN_GAP
@@ -540,7 +562,8 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
             print(f"[{name}] seed {seed}: boundary gap {np.array2string(sel['topk_boundary_gap'], precision=5)}"
                   f", invalid-anchor margin {sel['invalid_anchor_margin']}", flush=True)
             if gap_ok and inv_ok:
-                load_check.update(check_saved(model, params, hub_r18vd if variant == "r18vd" else None))
+                load_check.update(check_saved(model, params,
+                                              hub_r18vd if variant == "r18vd" and cfg.version == 2 else None))
                 break
             del model
     else:
@@ -585,6 +608,7 @@ def record_case(name, out_root=FIXTURES, hub_r18vd=None):
                                "decoder layer's boxes and logits); weights not committed"}[store],
         "store": store,
         "variant": variant,
+        "model_class": model_class,
         "config": our_dict,
         "hf_config": hf_dict,
         "seed": seed,
@@ -639,10 +663,10 @@ def _json_default(v):
 
 
 def record_fields(out_root=FIXTURES):
-    """Write <out_root>/transformers_config_fields.json: every field of RTDetrV2Config and RTDetrResNetConfig
-    (dataclass fields, which include PreTrainedConfig's, and the keys to_dict() writes) with its default, the
-    activation names of ACT2CLS with the class each one builds, and a complete config.json as save_pretrained
-    writes it for the tiny_basic architecture."""
+    """Write <out_root>/transformers_config_fields.json: every field of RTDetrV2Config, RTDetrResNetConfig and the v1
+    RTDetrConfig (dataclass fields, which include PreTrainedConfig's, and the keys to_dict() writes) with its
+    default, the activation names of ACT2CLS with the class each one builds, and a complete config.json as
+    save_pretrained writes it for the tiny_basic architecture."""
     import dataclasses
     from transformers import RTDetrResNetConfig, RTDetrV2Config
     from transformers.activations import ACT2CLS
@@ -654,6 +678,7 @@ def record_fields(out_root=FIXTURES):
                 "defaults": {f.name: _json_default(getattr(obj, f.name, None)) for f in fs
                              if f.name != "backbone_config"}}
 
+    from transformers import RTDetrConfig
     top = RTDetrV2Config()
     case = case_config("tiny_basic")
     with tempfile.TemporaryDirectory() as tmp:
@@ -664,6 +689,7 @@ def record_fields(out_root=FIXTURES):
         "command": "python tools/record_reference.py --fields  (reference environment: tools/README.md)",
         "RTDetrV2Config": describe(RTDetrV2Config, top),
         "RTDetrResNetConfig": describe(RTDetrResNetConfig, top.backbone_config),
+        "RTDetrConfig": describe(RTDetrConfig, RTDetrConfig()),            # RT-DETR v1 (tests/test_v1.py)
         "ACT2CLS": {name: ACT2CLS[name].__name__ if isinstance(ACT2CLS[name], type) else
                     ACT2CLS[name][0].__name__ for name in sorted(ACT2CLS)},
         "save_pretrained_config_json": {"case": "tiny_basic", "config.json": written},

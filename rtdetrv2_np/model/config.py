@@ -1,4 +1,5 @@
-"""The architecture description: which RT-DETRv2 a checkpoint is, read and checked from its config.json.
+"""The architecture description: which RT-DETRv2 (or RT-DETR v1) a checkpoint is, read and checked from its
+config.json.
 
 A `Config` is read from the Hugging Face `config.json` of a checkpoint (`RTDetrV2Config` in [5]
 models/rt_detr_v2/configuration_rt_detr_v2.py, its `backbone_config` an `RTDetrResNetConfig`,
@@ -16,12 +17,23 @@ their BACKBONE_* counterparts below; tests/test_config.py checks that every fiel
              has, anything else is an error naming the field and that value.
 A key that neither transformers nor this package knows is ignored, as transformers ignores it.
 
-Two fields are ours, not transformers':
+RT-DETR v1 ([1]; transformers `RTDetrConfig`, models/rt_detr/configuration_rt_detr.py, `model_type: "rt_detr"`,
+`RTDetrForObjectDetection`) is read by the same function: its config has the fields of RTDetrV2Config less four
+(V2_ONLY_FIELDS) plus one inert one (V1_INERT_FIELDS), and its model differs only in the decoder's cross-attention
+(deformable_attention.py: one point count for every level, the literal 0.5 offset scale, no n_points_scale buffer,
+bilinear sampling only). `Config.version` (1 or 2) is read from `model_type`. A v1 config that sets a v2-only field
+to anything but the value v1 computes with (decoder_method "discrete", decoder_offset_scale other than 0.5, a list
+of point counts) is refused: transformers' v1 would ignore the field silently.
+
+Three fields are ours, not transformers':
+- `version`: 1 for RT-DETR (model_type "rt_detr"), 2 for RT-DETRv2 (model_type "rt_detr_v2", or none given);
+  config.json says it by its model_type, which `to_hf_dict` writes back.
 - `decoder_n_points` may be a list (one point count per level), as in the official code's `num_points`; transformers
   only has one count for all levels.
 - `decoder_eval_idx`: the official model [4] stops the decoder after layer `eval_idx` (r50vd_m: 2 of 6 layers,
-  configs/rtdetrv2/rtdetrv2_r50vd_m_7x_coco.yml). transformers has no such field and always runs every layer, so a
-  hub config, which lacks it, gives -1 (all layers), as transformers does.
+  configs/rtdetrv2/rtdetrv2_r50vd_m_7x_coco.yml; v1 alike, rtdetr_pytorch/configs/rtdetr/rtdetr_r50vd_m_6x_coco.yml).
+  transformers has no such field and always runs every layer, so a hub config, which lacks it, gives -1 (all
+  layers), as transformers does.
 
 Where we accept what transformers 5.24 would not build (each harmless, none changes an output transformers gives):
 a `backbone_config` without `model_type` or without `out_indices`/`out_features` (transformers: KeyError, or only
@@ -37,6 +49,7 @@ from dataclasses import dataclass, field, fields, replace
 
 @dataclass(frozen=True)
 class Config:
+    version: int = 2                                     # ours: 1 = RT-DETR [1] ("rt_detr"), 2 = RT-DETRv2 [3]
     # backbone: ResNet-vd (RTDetrResNetConfig defaults)
     layer_type: str = "bottleneck"                       # "basic" (r18, r34) or "bottleneck" (r50, r101)
     depths: tuple = (3, 4, 6, 3)                         # blocks per stage
@@ -101,6 +114,8 @@ class Config:
             return self
         if method not in ("bilinear", "discrete"):
             raise ValueError(f"method must be 'bilinear' or 'discrete', got {method!r}")
+        if method == "discrete" and self.version == 1:
+            raise ValueError(V1_DISCRETE)
         return replace(self, decoder_method="discrete" if method == "discrete" else "default")
 
     @property
@@ -110,11 +125,14 @@ class Config:
     def to_hf_dict(self):
         """The config.json dict transformers reads (RTDetrV2Config + RTDetrResNetConfig backbone_config)."""
         d = {f.name: _jsonable(getattr(self, f.name)) for f in fields(self)
-             if f.name not in BACKBONE_FIELDS and f.name not in ("id2label",)}
+             if f.name not in BACKBONE_FIELDS and f.name not in ("id2label", "version")}
         d["id2label"] = {str(k): v for k, v in self.id2label.items()} or {str(i): f"LABEL_{i}" for i in range(80)}
         d["label2id"] = {v: int(k) for k, v in d["id2label"].items()}
-        d["model_type"] = "rt_detr_v2"
-        d["architectures"] = ["RTDetrV2ForObjectDetection"]
+        if self.version == 1:                            # RTDetrConfig: without the fields only v2 has
+            for name in V2_ONLY_FIELDS:
+                d.pop(name, None)
+        d["model_type"] = MODEL_TYPES[self.version]
+        d["architectures"] = [ARCHITECTURES[self.version]]
         bb = {name: _jsonable(getattr(self, name)) for name in BACKBONE_FIELDS}
         bb["out_features"] = [f"stage{i}" for i in self.out_indices]
         bb["model_type"] = "rt_detr_resnet"
@@ -125,6 +143,10 @@ class Config:
 
 
 BACKBONE_FIELDS = ("layer_type", "depths", "hidden_sizes", "embedding_size", "out_indices")
+MODEL_TYPES = {1: "rt_detr", 2: "rt_detr_v2"}                                   # config.json's model_type
+ARCHITECTURES = {1: "RTDetrForObjectDetection", 2: "RTDetrV2ForObjectDetection"}
+V1_DISCRETE = ("method 'discrete' is not available for an RT-DETR v1 checkpoint (model_type 'rt_detr'): v1 samples "
+               "bilinearly only; discrete sampling is an RT-DETRv2 operator ([3] §3)")
 
 
 def _jsonable(v):
@@ -155,10 +177,10 @@ ACTIVATIONS = {          # names transformers' ACT2CLS / ACT2FN accept that we i
                          # form. ACT2CLS's other names (gelu_new, gelu_fast, quick_gelu, relu6, leaky_relu, mish,
                          # tanh, ...) are refused
 
-# Config's own fields plus the ones that feed it (backbone_config, id2label / num_labels).
-USED_FIELDS = tuple(f.name for f in fields(Config) if f.name not in BACKBONE_FIELDS + ("num_denoising",)) + (
-    "backbone_config", "num_labels", "feat_strides", "decoder_n_levels")    # num_denoising: inert, kept for the
-                                                                            # weight check (INERT_FIELDS)
+# Config's own fields plus the ones that feed it (backbone_config, id2label / num_labels). num_denoising: inert,
+# kept for the weight check (INERT_FIELDS); version: ours, read from model_type (INERT_FIELDS, checked by _version).
+USED_FIELDS = tuple(f.name for f in fields(Config) if f.name not in BACKBONE_FIELDS + ("num_denoising", "version")) + (
+    "backbone_config", "num_labels", "feat_strides", "decoder_n_levels")
 
 # field: (type check, why it has no effect at inference)
 INERT_FIELDS = {
@@ -193,7 +215,8 @@ INERT_FIELDS = {
                                     "is what the forward pass reads"),
     # PreTrainedConfig's own fields and what save_pretrained adds: bookkeeping
     "transformers_version": ("any", "bookkeeping"), "architectures": ("any", "bookkeeping"),
-    "model_type": ("any", "checked by the loader (rt_detr_v2)"), "_name_or_path": ("any", "bookkeeping"),
+    "model_type": ("any", "says which detector: 'rt_detr' (v1) or 'rt_detr_v2' (read as Config.version; any other "
+                          "value is refused)"), "_name_or_path": ("any", "bookkeeping"),
     "dtype": ("any", "weights are read in their stored dtype and computed in float32"),
     "torch_dtype": ("any", "transformers 4.x name of dtype"),
     "output_hidden_states": ("any", "what transformers returns, not what it computes"),
@@ -205,12 +228,26 @@ INERT_FIELDS = {
                                         "checkpoint's"),
 }
 
+# RT-DETR v1 (RTDetrConfig, [5] models/rt_detr/configuration_rt_detr.py) against RTDetrV2Config: the fields only v2
+# has, and the one field only v1 has (type-checked when the config is v1, as the inert fields are).
+V2_ONLY_FIELDS = ("decoder_n_levels", "decoder_offset_scale", "decoder_method", "tie_word_embeddings")
+V1_INERT_FIELDS = {
+    "disable_custom_kernels": ("bool", "chooses transformers' compiled kernel for the deformable attention, which "
+                                       "computes the same sum; this package has one implementation"),
+}
+
+# Early revisions of the PekingU/rtdetr_* (v1) hub checkpoints named a timm ResNet-vd backbone instead of
+# backbone_config (transformers 4.x fields use_timm_backbone / backbone); their tensors are laid out another way.
+TIMM_HUB = ("timm backbones are not implemented (transformers 4.x field; early revisions of the PekingU/rtdetr_* "
+            "hub checkpoints used one): only revisions with the ResNet-vd of RTDetrResNet (backbone_config."
+            "model_type 'rt_detr_resnet', e.g. the current main) are supported")
+
 # field: (the one value accepted, why other values are refused)
 REFUSED_FIELDS = {
     "normalize_before": (False, "pre-norm AIFI is not implemented (no published checkpoint; transformers also "
                                 "takes the FFN residual after the norm, unlike the official code)"),
-    "use_timm_backbone": (False, "timm backbones are not implemented (transformers 4.x field)"),
-    "backbone": (None, "named (timm / hub) backbones are not implemented (transformers 4.x field)"),
+    "use_timm_backbone": (False, TIMM_HUB),
+    "backbone": (None, TIMM_HUB),
     "backbone_kwargs": (None, "named (timm / hub) backbones are not implemented (transformers 4.x field)"),
 }
 
@@ -344,7 +381,8 @@ def _backbone(bb):
         raise ConfigError(f"backbone_config must be a mapping (an RTDetrResNetConfig), got {_show(bb)}")
     if bb.get("model_type", "rt_detr_resnet") != "rt_detr_resnet":
         raise ConfigError(f"backbone_config.model_type = {_show(bb.get('model_type'))} is not supported, only "
-                          "'rt_detr_resnet' (the ResNet-vd of every RT-DETRv2)")
+                          "'rt_detr_resnet' (the ResNet-vd of every published RT-DETR and RT-DETRv2; early "
+                          "revisions of the PekingU/rtdetr_* hub checkpoints used a timm backbone)")
     _check_refused(bb, BACKBONE_REFUSED_FIELDS, "backbone_config.")
     for name, (kind, _) in BACKBONE_INERT_FIELDS.items():
         if name in bb:
@@ -369,6 +407,7 @@ def config_from_dict(d):
     refused). Raises ConfigError (a ValueError) naming the first field that is wrong and what is allowed."""
     if not isinstance(d, dict):
         raise ConfigError(f"a config must be a mapping of field names to values, got {_show(d)}")
+    version = _version(d)
     _check_refused(d, REFUSED_FIELDS)
     for name, (kind, _) in INERT_FIELDS.items():
         if name in d:
@@ -426,8 +465,39 @@ def config_from_dict(d):
     kw["layer_norm_eps"] = _number(d, "layer_norm_eps", 0, 1, Config.layer_norm_eps, lo_open=True)
     kw["batch_norm_eps"] = _number(d, "batch_norm_eps", 0, 1, Config.batch_norm_eps, lo_open=True)
     kw["id2label"] = _labels(d)
+    kw["version"] = version
+    if version == 1:
+        _check_v1(d, kw)
     _check_consistent(kw)
     return Config(**kw)
+
+
+def _version(d):
+    """1 or 2 from config.json's model_type ("rt_detr" or "rt_detr_v2"; absent: 2, as before v1 was read)."""
+    mt = d.get("model_type", MODEL_TYPES[2])
+    for version, name in MODEL_TYPES.items():
+        if mt == name:
+            return version
+    raise ConfigError(f"model_type = {_show(mt)} is not supported, only 'rt_detr' (RT-DETR v1) or 'rt_detr_v2'")
+
+
+def _check_v1(d, kw):
+    """RT-DETR v1 ([5] RTDetrConfig) has no decoder_method, decoder_offset_scale or per-level point counts: its
+    decoder samples bilinearly, scales offsets by the literal 0.5 and uses one point count on every level. A v1
+    config that sets one of them otherwise is refused (transformers would ignore it without a word)."""
+    for name, (kind, _) in V1_INERT_FIELDS.items():
+        if name in d:
+            _check_type(name, d[name], kind)
+    why = {"decoder_method": (Config.decoder_method, "bilinear sampling only"),
+           "decoder_offset_scale": (Config.decoder_offset_scale, "the fixed offset scale 0.5")}
+    for name, (v1_value, what) in why.items():
+        if kw[name] != v1_value:
+            raise ConfigError(f"{name} = {_show(d[name])} is an RT-DETRv2 field; this config is RT-DETR v1 "
+                              f"(model_type 'rt_detr'), whose decoder has {what}: remove the field, or set "
+                              f"model_type 'rt_detr_v2' if the checkpoint is v2")
+    if isinstance(kw["decoder_n_points"], list):
+        raise ConfigError(f"decoder_n_points = {_show(d['decoder_n_points'])}: RT-DETR v1 (model_type 'rt_detr') "
+                          "has one point count for every level, an integer")
 
 
 def _check_consistent(kw):
@@ -469,7 +539,11 @@ VARIANTS = {
 
 
 def variant_config(name, **overrides):
-    """The Config of a published variant ("r18vd", "r34vd", "r50vd_m", "r50vd", "r101vd"), with overrides."""
+    """The Config of a published variant ("r18vd", "r34vd", "r50vd_m", "r50vd", "r101vd"), with overrides.
+
+    The same five architectures were released as RT-DETR v1 ([4] rtdetr_pytorch/configs/rtdetr/*.yml, and
+    PekingU/rtdetr_* on the hub): variant_config(name, model_type="rt_detr") gives those.
+    """
     d = dict(VARIANTS[name])
     bb = {k: d.pop(k) for k in BACKBONE_FIELDS if k in d}
     d.update(overrides)

@@ -17,6 +17,9 @@ One layer (post-norm, [5] RTDetrV2DecoderLayer.forward), with pos = query_pos_he
     x = LN3(x + fc2(ReLU(fc1(x))))
     b' = sigmoid(bbox_embed(x) + inverse_sigmoid(b));  logits = class_embed(x)
 
+RT-DETR v1 [1] has the same decoder ([5] v2 reuses models/rt_detr/modeling_rt_detr.py's `RTDetrDecoderLayer` and
+swaps only `encoder_attn`); cfg.version = 1 selects v1's cross-attention (deformable_attention.py).
+
 eval_idx: the official r50vd_m evaluates only layers 0..2 of its 6 ([4] `eval_idx`, config decoder_eval_idx = 2)
 and reports layer 2's boxes and logits. transformers has no eval_idx: it runs every layer and reports the last
 one, so a transformers r50vd_m gives another answer than the official one. decoder_eval_idx = -1 (the default and
@@ -41,7 +44,7 @@ def decoder_layer(x, pos, boxes, memory, spatial_shapes, p, cfg):
                    p["self_attn_layer_norm"], eps)                                  # [B, Nq, d]
     attn, loc, weights = multiscale_deformable_attention(
         p["encoder_attn"], x + pos, boxes, memory, spatial_shapes, cfg.decoder_attention_heads, cfg.n_points,
-        cfg.decoder_offset_scale, cfg.method)                                       # [B, Nq, d]
+        cfg.decoder_offset_scale, cfg.method, cfg.version)                          # [B, Nq, d]
     x = layer_norm(x + attn, p["encoder_attn_layer_norm"], eps)
     h = activation_(linear(x, p["fc1"]), cfg.decoder_activation_function)          # [B, Nq, F]
     x = layer_norm(x + linear(h, p["fc2"]), p["final_layer_norm"], eps)            # [B, Nq, d]

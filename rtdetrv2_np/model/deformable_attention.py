@@ -45,6 +45,13 @@ and a raw offset of +-K_l reaches the box edge. RT-DETRv2 [3] changes three thin
     3. method "discrete" ([4] `method='discrete'`, the *_dsp models) replaces bilinear interpolation by a gather of
        one texel, so the model exports without grid_sample.
 
+RT-DETR v1 [1] has the module as Deformable DETR [10] wrote it: one point count K_l = n on every level, the
+literal 0.5 and no buffer, loc = b_xy + Delta / n * b_wh * 0.5 (sampling_locations_v1), and bilinear sampling only
+([4] v1 folder rtdetr_pytorch/src/zoo/rtdetr/rtdetr_decoder.py `MSDeformableAttention`; [5]
+models/rt_detr/modeling_rt_detr.py `RTDetrMultiscaleDeformableAttention`). With equal counts and offset_scale 0.5
+the v2 formula is the same sum; the two differ only in rounding when n is not a power of two (v1 divides by n, v2
+multiplies by the float 1/n). `multiscale_deformable_attention(..., version=1)` computes v1.
+
 Layout: slots are level-major, the offsets' last axis is (x, y), value tokens are the levels flattened row-major
 and concatenated fine to coarse, the output channel is m*D + c -- all as in [4] and [5].
 
@@ -97,6 +104,20 @@ def sampling_locations(reference_boxes, offsets, n_points, offset_scale=OFFSET_S
     b_wh = reference_boxes[:, :, None, None, 2:]                                     # [B, Nq, 1, 1, 2]
     offset = offsets * scale[:, None] * b_wh * offset_scale                          # [B, Nq, M, K, 2]
     return b_xy + offset                                                             # [B, Nq, M, K, 2]
+
+
+def sampling_locations_v1(reference_boxes, offsets, n_points):
+    """RT-DETR v1's sampling locations: loc = b_xy + Delta / n * b_wh * 0.5 ([4] v1, [5] v1, [10]).
+
+    Same arguments and result as sampling_locations, but every level has the same count n = n_points[l], the
+    offsets are divided by it (no n_points_scale buffer: v1 checkpoints have none) and the scale is the literal
+    0.5. The product runs left to right in the reference's order: ((offsets / n) * wh) * 0.5.
+    """
+    if len(set(n_points)) != 1:
+        raise ValueError(f"RT-DETR v1 has one point count for every level, got {n_points}")
+    b_xy = reference_boxes[:, :, None, None, :2]                                     # [B, Nq, 1, 1, 2]
+    b_wh = reference_boxes[:, :, None, None, 2:]                                     # [B, Nq, 1, 1, 2]
+    return b_xy + offsets / n_points[0] * b_wh * OFFSET_SCALE                        # [B, Nq, M, K, 2]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -309,7 +330,7 @@ def deformable_attention_core(value, spatial_shapes, loc, attention_weights, n_p
 # ----------------------------------------------------------------------------------------------------------------
 
 def multiscale_deformable_attention(params, query, reference_boxes, value_input, spatial_shapes, num_heads,
-                                    n_points, offset_scale=OFFSET_SCALE, method="bilinear"):
+                                    n_points, offset_scale=OFFSET_SCALE, method="bilinear", version=2):
     """RTDetrV2MultiscaleDeformableAttention [5] / MSDeformableAttention [4] at inference: all of Eq. (3).
 
     params: sampling_offsets, attention_weights, value_proj, output_proj (each weight, bias) and optionally
@@ -318,6 +339,8 @@ def multiscale_deformable_attention(params, query, reference_boxes, value_input,
     reference_boxes [B, Nq, 4]: (cx, cy, w, h) in [0, 1].
     value_input [B, Nv, d]: the encoder memory, levels concatenated, no position embedding.
     spatial_shapes [(H_l, W_l)]; num_heads M; n_points [K_l]; offset_scale 0.5; method "bilinear" or "discrete".
+    version 1: RT-DETR v1's module instead (module docstring): sampling_locations_v1, bilinear only; offset_scale
+    and n_points_scale are not used.
 
     Returns (out [B, Nq, d], loc [B, Nq, M, K, 2], attention_weights [B, Nq, M, K]); the last two are returned
     for tests and for plotting where each head looks.
@@ -332,7 +355,12 @@ def multiscale_deformable_attention(params, query, reference_boxes, value_input,
     offsets = linear(query, params["sampling_offsets"]).reshape(B, Nq, M, K, 2)       # [B, Nq, M, K, 2]
     logits = linear(query, params["attention_weights"]).reshape(B, Nq, M, K)          # [B, Nq, M, K]
     weights = softmax(logits, axis=-1)                   # A_mlqk: one softmax over all levels x points of a head
-    loc = sampling_locations(reference_boxes, offsets, n_points, offset_scale,
-                             params.get("n_points_scale"))                            # [B, Nq, M, K, 2]
+    if version == 1:                                     # RT-DETR v1: one K_l for all levels, the literal 0.5
+        if method != "bilinear":
+            raise ValueError("RT-DETR v1 samples bilinearly only; discrete sampling is RT-DETRv2's ([3] §3)")
+        loc = sampling_locations_v1(reference_boxes, offsets, n_points)               # [B, Nq, M, K, 2]
+    else:
+        loc = sampling_locations(reference_boxes, offsets, n_points, offset_scale,
+                                 params.get("n_points_scale"))                        # [B, Nq, M, K, 2]
     out = deformable_attention_core(value, spatial_shapes, loc, weights, n_points, method)   # [B, Nq, M*D]
     return linear(out, params["output_proj"]), loc, weights                           # [B, Nq, d]  W_m

@@ -1,5 +1,6 @@
 """Detect objects in images from the command line: python -m rtdetrv2_np.detect IMAGE [IMAGE|DIR ...].
 
+    python -m rtdetrv2_np.detect --demo                            # offline: the shipped demo model on a scene
     python -m rtdetrv2_np.detect cats.jpg                          # PekingU/rtdetr_v2_r18vd from the hub cache
     python -m rtdetrv2_np.detect photos/ --save annotated/ --threshold 0.3
     python -m rtdetrv2_np.detect val2017/ --threshold 0 --coco-json results.json --model weights/r50vd.safetensors
@@ -16,6 +17,14 @@ transformers documentation's example:
 
 --json prints one JSON document on stdout instead (and nothing else there). Messages, the progress display and the
 timing line go to stderr.
+
+--demo needs no image and no network: it draws a scene from the package's shape generator (demo/shapes.py,
+--seed), runs a shipped demo model on it (--model demo, the default there, or demo-discrete), prints each
+ground-truth object beside the detection that matches it (COCO's rule at IoU 0.5: detections in score order take
+the best unmatched object of their class; misses and extra detections too), and saves the annotated scene as a PNG (into the current folder unless --save names a file or folder).
+
+The model's input size is its own (preprocessor_config.json in its folder, as the hub's image processor reads
+it: 256x256 for the demo models) or 640x640 (the published COCO models' training size); --size overrides it.
 
 Exit status:
     0  every image was processed (detections or not);
@@ -53,8 +62,10 @@ import PIL.Image
 
 from .errors import RTDetrError
 from .fileio import atomic_write, input_ids, os_error_message, same_as_input
+from .preprocess import DEFAULT_SIZE
 
 DEFAULT_MODEL = "PekingU/rtdetr_v2_r18vd"
+DEMO_SEED = 1               # --demo's default scene stream: neither the training stream (0) nor the evaluation set
 PROG = "python -m rtdetrv2_np.detect"
 
 
@@ -82,32 +93,50 @@ def parse_args(argv):
     p = _Parser(prog=PROG, description="Detect objects in images with RT-DETRv2 (NumPy, no PyTorch).",
                 epilog="Exit status: 0 all images processed; 1 the model or at least one image failed (the others "
                        "are still processed); 2 usage error.")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders (their image files, not "
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders (their image files, not "
                                                               "recursive, in name order)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"hub id, hub-layout folder (config.json + model.safetensors), converted .safetensors, or "
-                        f"official .pth (default: {DEFAULT_MODEL})")
+    p.add_argument("--demo", action="store_true",
+                   help="no image, no network: detect in a generated scene with the shipped demo model and compare "
+                        "with its ground truth")
+    p.add_argument("--seed", type=int, default=DEMO_SEED,
+                   help=f"with --demo: the scene stream (default {DEMO_SEED}; the demo model was trained on 0)")
+    p.add_argument("--model", default=None,
+                   help=f"hub id, hub-layout folder (config.json + model.safetensors), converted .safetensors, "
+                        f"official .pth, or a shipped demo model: demo, demo-discrete (default: {DEFAULT_MODEL}; "
+                        f"with --demo: demo)")
     p.add_argument("--revision", default="main", help="branch, tag or commit of a hub id (default: main)")
     p.add_argument("--threshold", type=_threshold, default=0.5,
                    help="keep detections with score > THRESHOLD (default: 0.5, as transformers)")
     p.add_argument("--method", choices=["bilinear", "discrete"],
                    help="deformable-attention sampling (default: the checkpoint's; discrete for *_dsp models)")
-    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=[640, 640],
-                   help="model input height and width, multiples of 32 (default: 640 640, the training size)")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                   help="model input height and width, multiples of 32 (default: the model's own, from its "
+                        "preprocessor_config.json, else 640 640, the published models' training size)")
     p.add_argument("--reference", action="store_true",
                    help="run the reference path (rtdetrv2_np.model, what the notebooks teach) instead of the fast "
                         "float32 kernels (rtdetrv2_np.fast; the same detections up to float32 rounding)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of text")
     p.add_argument("--save", metavar="DIR", help="write each image with its detections drawn to DIR/<name>.png "
-                                                 "(DIR is created if needed)")
+                                                 "(DIR is created if needed); with --demo a .png file or a folder")
     p.add_argument("--coco-json", metavar="FILE",
                    help="write the detections in COCO results format (image_id: the number ending each file name, "
                         "as in 000000039769.jpg, if all have distinct ones; else the images' positions 1, 2, ...); "
                         "use --threshold 0 for COCO evaluation")
     args = p.parse_args(argv)
-    H, W = args.size
-    if H <= 0 or W <= 0 or H % 32 or W % 32:
-        p.error(f"--size {H} {W}: height and width must be positive multiples of 32 (the coarsest feature stride)")
+    if args.size is not None:
+        H, W = args.size
+        if H <= 0 or W <= 0 or H % 32 or W % 32:
+            p.error(f"--size {H} {W}: height and width must be positive multiples of 32 (the coarsest feature "
+                    "stride)")
+    if args.demo:
+        if args.images:
+            p.error("--demo draws its own scene: give no image with it")
+        if args.coco_json:
+            p.error("--coco-json needs images and a model of the 80 COCO classes, not --demo")
+        args.model = args.model or "demo"
+    elif not args.images:
+        p.error("give at least one image or folder (or --demo to try the shipped demo model offline)")
+    args.model = args.model or DEFAULT_MODEL
     return args
 
 
@@ -319,6 +348,8 @@ def run(args):
     from .loading import load_model
     from .postprocess import to_coco_results
 
+    if args.demo:
+        return run_demo(args)
     t0 = time.perf_counter()
     images, failures, folder = expand_inputs(args.images)
     for _, message in failures:
@@ -348,6 +379,8 @@ def run(args):
     except Exception as e:                                  # noqa: BLE001 (one line, never a traceback)
         _err(_unexpected(args.model, e))
         return 1
+    if args.size is None:
+        args.size = list(model.input_size or DEFAULT_SIZE)
     if args.coco_json and model.config.num_labels != 80:
         _err(f"{args.model}: has {model.config.num_labels} classes, --coco-json needs a model of the 80 COCO classes")
         return 1
@@ -440,6 +473,103 @@ def detect_images(model, images, targets, args, progress, failures):
         if not args.json:                                   # text: as each image is done; JSON: one document
             print(("\n" if len(results) > 1 else "") + "\n".join(text_lines(results[-1])), flush=True)
     return results, detections, indices
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# --demo: a generated scene, the shipped model, the ground truth
+# ---------------------------------------------------------------------------------------------------------------
+
+def box_iou(a, b):
+    """IoU of boxes a [N, 4] and b [M, 4] (x0, y0, x1, y1) -> [N, M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])                          # [N, M, 2]
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])                          # [N, M, 2]
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=-1)                      # [N, M]
+    area = lambda x: np.prod(x[:, 2:] - x[:, :2], axis=-1)                  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
+
+
+def match_to_truth(truth, det):
+    """COCO's matching at IoU 0.5: detections in score order, each takes the unmatched ground-truth object of its
+    class with the highest IoU (>= 0.5). Returns ([(detection index or None, IoU) per object], unmatched detections).
+    """
+    gt_boxes = np.array([o["box"] for o in truth], np.float64).reshape(-1, 4)
+    gt_labels = np.array([o["label"] for o in truth])
+    iou = box_iou(np.asarray(det["boxes"], np.float64).reshape(-1, 4), gt_boxes)        # [D, G]
+    iou = np.where(np.asarray(det["labels"])[:, None] == gt_labels[None, :], iou, 0.0)
+    match, extra = [(None, 0.0)] * len(truth), []
+    for d in np.argsort(-np.asarray(det["scores"]), kind="stable"):
+        free = [g for g in range(len(truth)) if match[g][0] is None]
+        g = max(free, key=lambda g: iou[d, g], default=None)
+        if g is not None and iou[d, g] >= 0.5:
+            match[g] = (int(d), float(iou[d, g]))
+        else:
+            extra.append(int(d))
+    return match, sorted(extra)
+
+
+def run_demo(args):
+    """--demo: the shipped model on scene 0 of stream --seed; detections beside the ground truth; the saved PNG."""
+    from .demo.shapes import make_scene
+    from .loading import load_model
+    from .postprocess import post_process_object_detection
+    from .preprocess import preprocess
+
+    t0 = time.perf_counter()
+    name = f"rtdetrv2_demo_seed{args.seed}.png"
+    target = args.save or name
+    if os.path.isdir(target) or target.endswith(("/", os.sep)):
+        target = os.path.join(target, name)
+    try:
+        model = load_model(args.model, method=args.method, fast=not args.reference)
+    except RTDetrError as e:
+        _err(str(e))
+        return 1
+    if args.size is None:
+        args.size = list(model.input_size or DEFAULT_SIZE)
+    image_array, truth = make_scene(args.seed, 0, size=max(args.size))
+    image = PIL.Image.fromarray(image_array)
+    pixel_values, sizes = preprocess([image], tuple(args.size))                 # [1, 3, H, W]
+    out = model(pixel_values)
+    if not (np.isfinite(out.logits).all() and np.isfinite(out.pred_boxes).all()):
+        _err(f"{args.model}: the model's outputs are not finite (NaN or inf); the weights are damaged or unusable")
+        return 1
+    det = post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes, threshold=args.threshold)[0]
+    id2label = model.id2label
+    label = lambda i: printable(str(id2label.get(int(i), str(int(i)))))          # noqa: E731
+    matched, extra = match_to_truth(truth, det)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        save_annotated(image, det, id2label, target, args.threshold)
+    except OSError as e:
+        _err(f"{target}: cannot write the annotated image ({e.strerror or e})")
+        return 1
+    found = sum(d is not None for d, _ in matched)
+    if args.json:
+        doc = {"model": args.model, "method": model.method, "seed": args.seed, "threshold": args.threshold,
+               "size": list(args.size), "saved": target,
+               "ground_truth": [{"label": o["name"], "box": o["box"], "area": o["area"],
+                                 "detection": d, "iou": round(iou, 4)} for o, (d, iou) in zip(truth, matched)],
+               "detections": [{"label": str(id2label.get(int(l), str(int(l)))), "label_id": int(l),
+                               "score": float(s), "box": [float(v) for v in b]}
+                              for s, l, b in zip(det["scores"], det["labels"], det["boxes"])]}
+        print(json.dumps(doc, allow_nan=False))
+    else:
+        print(f"scene 0 of seed {args.seed} ({image.width}x{image.height}), model {printable(args.model)} "
+              f"({model.method} sampling): {len(truth)} objects, {len(det['scores'])} detections above "
+              f"{args.threshold:g}; {found} of {len(truth)} objects found (same class, IoU >= 0.5)")
+        for o, (d, iou) in zip(truth, matched):
+            gt = f"{o['name']:8s} [{', '.join(_fmt(v) for v in o['box'])}]"
+            if d is None:
+                print(f"  truth {gt}  ->  missed")
+            else:
+                print(f"  truth {gt}  ->  {label(det['labels'][d])}: {float(det['scores'][d]):.2f} "
+                      f"[{', '.join(_fmt(float(v)) for v in det['boxes'][d])}]  IoU {iou:.2f}")
+        for d in extra:
+            print(f"  extra detection  {label(det['labels'][d])}: {float(det['scores'][d]):.2f} "
+                  f"[{', '.join(_fmt(float(v)) for v in det['boxes'][d])}]")
+        print(f"saved {printable(target)}", flush=True)
+    print(f"done in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    return 0
 
 
 def main(argv=None):

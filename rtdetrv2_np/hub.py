@@ -80,7 +80,8 @@ ALLOWED_SCHEMES = ("http", "https")
 REGEX_REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*(/[A-Za-z0-9][A-Za-z0-9_.\-]*)?")
 USER_AGENT = f"rtdetrv2_np/0.1; python/{sys.version_info.major}.{sys.version_info.minor}"
 HOW_TO_GET_WEIGHTS = ("run once with network access to fill the cache, or download model.safetensors and "
-                      "config.json from the model page and pass their folder with --model")
+                      "config.json from the model page and pass their folder with --model; to try the tool "
+                      "without network: python -m rtdetrv2_np.detect --demo")
 
 
 # ---------------------------------------------------------------------------------------------------------------

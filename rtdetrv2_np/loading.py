@@ -50,7 +50,7 @@ def _load_model(source, method=None, revision="main", progress=None):
     source = os.fspath(source)
     from .demo import DEMO_MODELS, demo_model_dir
     if source in DEMO_MODELS and not os.path.exists(source):
-        source = demo_model_dir(source)
+        source = demo_model_dir(source, check=True)
     if not os.path.exists(source) and HUB_ID.match(source) and not source.endswith((".safetensors", ".pth")):
         from .hub import snapshot_model
         return load_model(snapshot_model(source, revision=revision, progress=progress), method)

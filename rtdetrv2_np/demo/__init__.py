@@ -15,6 +15,13 @@ DEMO_MODELS = {
 }
 
 
-def demo_model_dir(name):
-    """The folder of a shipped demo model ("demo" or "demo-discrete")."""
-    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", DEMO_MODELS[name])
+def demo_model_dir(name, check=False):
+    """The folder of a shipped demo model ("demo" or "demo-discrete"). check: RTDetrError if it is not shipped."""
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "models", DEMO_MODELS[name])
+    if check and not os.path.isfile(os.path.join(folder, "model.safetensors")):
+        from ..errors import RTDetrError
+        raise RTDetrError(f"{name}: this installation of rtdetrv2_np does not ship the {name} model ({folder} has "
+                          f"no model.safetensors); shipped: " +
+                          (", ".join(n for n in DEMO_MODELS if os.path.isfile(os.path.join(
+                              os.path.dirname(folder), DEMO_MODELS[n], "model.safetensors"))) or "none"))
+    return folder

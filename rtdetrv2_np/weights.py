@@ -330,15 +330,25 @@ def read_safetensors(path):
     return tensors, meta
 
 
+MAX_CONFIG_BYTES = 4 << 20     # 4 MiB: published config.json files are ~5 KB; more is not a config
+
+
 def read_config(path):
+    """The Config of a config.json file (a regular file of at most MAX_CONFIG_BYTES, JSON nested at most
+    a few hundred levels): RTDetrError naming the file and what is wrong otherwise."""
+    from .fileio import open_regular
+    if not os.path.lexists(path):
+        raise RTDetrError(f"{path}: no such file; a model directory needs config.json next to model.safetensors")
+    with open_regular(path, "a config.json file") as f:
+        data = f.read(MAX_CONFIG_BYTES + 1)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise RTDetrError(f"{path}: larger than {MAX_CONFIG_BYTES >> 20} MiB, which no config.json is; check the file")
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except FileNotFoundError:
-        raise RTDetrError(f"{path}: no such file; a model directory needs config.json next to model.safetensors") \
-            from None
+        d = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise RTDetrError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise RTDetrError(f"{path}: JSON nested too deeply to be a config.json; check the file") from None
     return parse_config(d, path)
 
 

@@ -430,3 +430,20 @@ def test_a_1kb_hostile_config_fails_in_a_memory_limited_process(tmp_path):
     assert r.returncode == 1 and len(lines) == 1, (r.returncode, r.stderr[-2000:])
     assert lines[0].startswith("error: ") and "decoder_layers = 1000000 is outside the allowed range 1..32" in lines[0]
     assert r.stdout == ""
+
+
+@pytest.mark.parametrize("content, message", [
+    ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+    (" " * ((4 << 20) + 1), "larger than 4 MiB"),
+    ("{\"d_model\": 256,", "not valid JSON"),
+])
+def test_hostile_config_json_files_are_one_line_errors(tmp_path, content, message):
+    """A config.json that would recurse, is huge, or is cut off gives one line naming the file, never a
+    traceback (weights.read_config)."""
+    from rtdetrv2_np.errors import RTDetrError
+    from rtdetrv2_np.weights import read_config
+    path = tmp_path / "config.json"
+    path.write_text(content)
+    with pytest.raises(RTDetrError) as e:
+        read_config(str(path))
+    assert message in str(e.value) and str(e.value).startswith(str(path)) and "\n" not in str(e.value)

@@ -73,9 +73,12 @@ PROG = "python -m rtdetrv2_np.detect"
 # Arguments
 # ---------------------------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):                      # one line, exit status 2 (argparse's convention for usage)
-        print(f"error: {message}; see {PROG} --help", file=sys.stderr)
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with usage errors as one line `error: <what>; see <prog> --help`, exit status 2 (argparse's
+    convention for usage); shared by the package's commands."""
+
+    def error(self, message):
+        print(f"error: {message}; see {self.prog} --help", file=sys.stderr)
         sys.exit(2)
 
 
@@ -90,7 +93,7 @@ _threshold.__name__ = "threshold"                   # argparse's message: "inval
 
 
 def parse_args(argv):
-    p = _Parser(prog=PROG, description="Detect objects in images with RT-DETRv2 (NumPy, no PyTorch).",
+    p = OneLineParser(prog=PROG, description="Detect objects in images with RT-DETRv2 (NumPy, no PyTorch).",
                 epilog="Exit status: 0 all images processed; 1 the model or at least one image failed (the others "
                        "are still processed); 2 usage error.")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, or folders (their image files, not "

@@ -63,7 +63,6 @@ A = 4 area ranges, M = 3 maxDets.
 [1] Everingham et al., "The PASCAL Visual Object Classes (VOC) Challenge", IJCV 2010, §4.2 (interpolated AP).
 """
 
-import argparse
 import json
 import os
 import sys
@@ -566,19 +565,15 @@ def evaluate_shapes(model, seed=None, count=None, size=None, batch=DEFAULT_BATCH
 PROG = "python -m rtdetrv2_np.evaluate"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):                      # one line, exit status 2 (argparse's convention for usage)
-        print(f"error: {message}; see {PROG} --help", file=sys.stderr)
-        sys.exit(2)
-
-
 def parse_args(argv):
-    p = _Parser(prog=PROG, description="COCO-style box AP (pycocotools' COCOeval, in NumPy) of an RT-DETRv2 model "
-                                       "on a COCO-format data set or on generated shapes.",
-                epilog="Exit status: 0 evaluated; 1 the model, the annotations or an image failed (bad images are "
-                       "left out and the rest is evaluated); 2 usage error.")
-    p.add_argument("--model", help="hub id, hub-layout folder, converted .safetensors or official .pth (anything "
-                                   "load_model accepts)")
+    from .detect import OneLineParser
+    p = OneLineParser(prog=PROG,
+                      description="COCO-style box AP (pycocotools' COCOeval, in NumPy) of an RT-DETRv2 model "
+                                  "on a COCO-format data set or on generated shapes.",
+                      epilog="Exit status: 0 evaluated; 1 the model, the annotations or an image failed (bad images "
+                             "are left out and the rest is evaluated); 2 usage error.")
+    p.add_argument("--model", help="hub id, hub-layout folder, converted .safetensors, official .pth, or a shipped "
+                                   "demo model: demo, demo-discrete (anything load_model accepts)")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--coco-annotations", metavar="FILE", help="COCO instances file, e.g. instances_val2017.json")
     what.add_argument("--shapes", action="store_true", help="the generated shapes set (rtdetrv2_np.demo.shapes)")

@@ -332,7 +332,7 @@ def test_official_pth_model(tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    ([], "error: the following arguments are required: IMAGE"),
+    ([], "error: give at least one image or folder (or --demo to try the shipped demo model offline)"),
     ([CATS, "--size", "100", "64"], "error: --size 100 64: height and width must be positive multiples of 32"),
     ([CATS, "--threshold", "high"], "error: argument --threshold: invalid threshold value: 'high'"),
     ([CATS, "--method", "nearest"], "error: argument --method: invalid choice: 'nearest'"),

@@ -463,7 +463,7 @@ def _reason(error):
 # Public functions
 # ---------------------------------------------------------------------------------------------------------------
 
-def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress=None):
+def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress=None, offline=None):
     """Path of `filename` of model repo `repo_id` at `revision` in the hub cache, downloading it if needed.
 
     Like huggingface_hub.hf_hub_download(repo_id, filename, revision=revision, cache_dir=cache_dir); returns
@@ -475,6 +475,8 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
     cache = cache_dir or hub_cache_dir()
     folder = repo_folder(repo_id, cache)
     what = f"{repo_id}/{filename}@{revision}"
+    offline = is_offline() if offline is None else offline     # True: cache only (as HF_HUB_OFFLINE=1)
+    why_offline = "HF_HUB_OFFLINE is set" if is_offline() else "only the cache was to be used"
 
     def from_cache(why_not_online):
         """The cached file, checked; None if there is none; RTDetrError if it is damaged (then deleted)."""
@@ -486,15 +488,15 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
                               f"{why_not_online}, run again with network access to download it again")
         return path
 
-    if REGEX_COMMIT_HASH.fullmatch(revision) and not is_offline():   # a cached commit never changes: no request
+    if REGEX_COMMIT_HASH.fullmatch(revision) and not offline:         # a cached commit never changes: no request
         path = _cached_file(folder, revision, filename)
         if path and not _check_pointer(path):
             return path                                      # (a damaged one is replaced by the download below)
-    if is_offline():
-        path = from_cache("HF_HUB_OFFLINE is set")
+    if offline:
+        path = from_cache(why_offline)
         if path:
             return path
-        raise RTDetrError(f"{what}: not in the cache {cache} and HF_HUB_OFFLINE is set, so it was not downloaded; "
+        raise RTDetrError(f"{what}: not in the cache {cache} and {why_offline}, so it was not downloaded; "
                           f"{HOW_TO_GET_WEIGHTS}")
 
     endpoint = hub_endpoint()
@@ -541,13 +543,14 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
     return pointer
 
 
-def snapshot_model(repo_id, revision="main", cache_dir=None, progress=None):
+def snapshot_model(repo_id, revision="main", cache_dir=None, progress=None, offline=None):
     """Local folder holding config.json and model.safetensors of a model repo, downloaded into the hub cache if needed.
 
     Both files come from one commit: config.json is resolved at `revision`, model.safetensors at the commit that
     gave. Returns <cache>/models--ORG--NAME/snapshots/<commit>.
     """
-    config = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir)
+    config = hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir, offline=offline)
     commit = os.path.basename(os.path.dirname(config))
-    weights = hf_hub_download(repo_id, "model.safetensors", revision=commit, cache_dir=cache_dir, progress=progress)
+    weights = hf_hub_download(repo_id, "model.safetensors", revision=commit, cache_dir=cache_dir, progress=progress,
+                              offline=offline)
     return os.path.dirname(weights)

@@ -30,7 +30,7 @@ from .weights import CONFIG_METADATA_KEY, check_and_clean, params_tree, parse_co
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def load_model(source, method=None, revision="main", progress=None, fast=False):
+def load_model(source, method=None, revision="main", progress=None, fast=False, offline=None):
     """A Model from a hub id, a hub-layout directory, a converted .safetensors or an official .pth file (see the
     module docstring).
 
@@ -38,22 +38,24 @@ def load_model(source, method=None, revision="main", progress=None, fast=False):
     revision: branch, tag or commit of a hub id. progress: a callback(done_bytes, total_bytes) for downloads.
     fast: True returns a rtdetrv2_np.fast.FastModel instead: the same interface and outputs (up to float32
     rounding) from fast kernels; its weights are prepared on the first call.
+    offline: True looks a hub id up in the cache only (as HF_HUB_OFFLINE=1, without touching the environment);
+    None follows HF_HUB_OFFLINE.
     """
-    model = _load_model(source, method, revision, progress)
+    model = _load_model(source, method, revision, progress, offline)
     if fast:
         from .fast import fast_model
         return fast_model(model)
     return model
 
 
-def _load_model(source, method=None, revision="main", progress=None):
+def _load_model(source, method=None, revision="main", progress=None, offline=None):
     source = os.fspath(source)
     from .demo import DEMO_MODELS, demo_model_dir
     if source in DEMO_MODELS and not os.path.exists(source):
         source = demo_model_dir(source, check=True)
     if not os.path.exists(source) and HUB_ID.match(source) and not source.endswith((".safetensors", ".pth")):
         from .hub import snapshot_model
-        return load_model(snapshot_model(source, revision=revision, progress=progress), method)
+        return load_model(snapshot_model(source, revision=revision, progress=progress, offline=offline), method)
     if os.path.isdir(source):
         cfg = read_config(os.path.join(source, "config.json"))
         weights = os.path.join(source, "model.safetensors")

@@ -22,8 +22,6 @@ References [1] RT-DETR, [2] Deformable DETR, [3] RT-DETRv2 (with versions and se
 letters: the package docstring, rtdetrv2_np/__init__.py.
 """
 
-import contextlib
-import os
 
 import numpy as np
 from matplotlib.colors import Normalize
@@ -44,24 +42,11 @@ LEVEL_MARKERS = ("o", "s", "^", "D", "v")      # one marker per feature level (s
 # The model the walkthrough uses
 # ----------------------------------------------------------------------------------------------------------------
 
-@contextlib.contextmanager
-def _offline():
-    """HF_HUB_OFFLINE=1 for the duration: hub look-ups read the cache and never touch the network."""
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            del os.environ["HF_HUB_OFFLINE"]
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
-
-
 def teaching_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
     """(model, is_real): the trained checkpoint if it is in the hub cache, else a deterministic random-weight model.
 
-    Never downloads: the hub id is looked up with HF_HUB_OFFLINE=1 semantics (cache only). If the checkpoint is not
+    Never downloads: the hub id is looked up in the cache only (load_model(..., offline=True); the process's
+    environment is left alone). If the checkpoint is not
     cached (an RTDetrError), returns random_model(variant, seed, method) -- the same architecture, computing exactly
     what the trained network computes, but finding nothing. is_real tells which; model.source names the file.
     """
@@ -69,8 +54,7 @@ def teaching_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
     from .loading import load_model
     from .random_weights import random_model
     try:
-        with _offline():
-            return load_model(hub_id, method=method), True
+        return load_model(hub_id, method=method, offline=True), True
     except RTDetrError:
         return random_model(variant, seed=seed, method=method), False
 

@@ -138,3 +138,16 @@ def test_teaching_model_uses_cached_weights(tmp_path, monkeypatch):
     model, is_real = plotting.teaching_model()
     assert is_real and model.source.endswith("model.safetensors")
     assert model.config.decoder_layers == 3
+
+
+def test_teaching_model_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """teaching_model looks the hub id up in the cache only, without setting HF_HUB_OFFLINE in the process (issue:
+    no library function mutates the environment); with an empty cache it falls back to random weights."""
+    import os
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")          # nothing listens there: any request would fail
+    before = dict(os.environ)
+    model, real = plotting.teaching_model()
+    assert not real and "random weights" in model.source
+    assert dict(os.environ) == before

@@ -304,6 +304,14 @@ shift = np.abs(boxes_discrete - stages["pred_boxes"]).max(axis=-1)[0] * 640   # 
 print(f"bilinear -> discrete: box corners move by a median {np.median(shift):.1f} px, max {shift.max():.1f} px")
 
 # %% [markdown]
+# **RT-DETR v1, for comparison.** The v1 checkpoints (`PekingU/rtdetr_r*vd`, `model_type: "rt_detr"`) run on the
+# same code: v1 and v2 share the backbone, hybrid encoder, query selection and decoder, and differ only in this
+# module. v1 samples the same n points on every level, places them at `b_xy + Δ / n · b_wh · 0.5`
+# (`sampling_locations_v1`: Deformable DETR's literal 0.5), has no `n_points_scale` buffer, and samples bilinearly
+# only. (a), (b) and (c) above are what v2 adds; with equal counts and an offset scale of 0.5, v1 and v2 compute the
+# same sum.
+
+# %% [markdown]
 # ## 5. The module on the real decoder
 #
 # `multiscale_deformable_attention` wraps the core in the four linear layers of the module: `value_proj` (W'_m,

@@ -53,8 +53,10 @@ def training_facts(run):
     log = [json.loads(s) for s in open(run / "log.jsonl")]
     evals = [json.loads(s) for s in open(run / "eval.jsonl")] if (run / "eval.jsonl").exists() else []
     last = log[-1]
-    return {"steps": last["step"], "train_seconds": last["seconds"],
-            "commands": [s.strip() for s in open(run / "command.txt") if s.strip()],
+    # the commands as a user would type them: the run folder as runs/<name>, not this machine's path
+    commands = [s.strip().replace(str(run.resolve()), f"runs/{run.name}").replace(str(run), f"runs/{run.name}")
+                for s in open(run / "command.txt") if s.strip()]
+    return {"steps": last["step"], "train_seconds": last["seconds"], "commands": commands,
             "final_loss": last["loss"], "last_training_eval": evals[-1] if evals else None}
 
 
@@ -65,7 +67,8 @@ def copy_export(run, name):
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
     for f in ("config.json", "model.safetensors"):
-        shutil.copy(run / "export" / f, tmp / f)
+        shutil.copyfile(run / "export" / f, tmp / f)
+        os.chmod(tmp / f, 0o644)
     (tmp / "preprocessor_config.json").write_text(json.dumps(PREPROCESSOR, indent=2) + "\n")
     if dst.exists():
         shutil.rmtree(dst)
@@ -145,7 +148,7 @@ def card(name, metrics, names):
         "",
         f"- seed 0 (weights and scene stream: scene i of step s is `make_scene(0, s·batch + i)`); "
         f"{tr['steps']:,} steps of batch 8 ({tr['steps'] * 8:,} scenes, none of the evaluation set);",
-        f"- {tr['train_seconds'] / 3600:.1f} h of training on {metrics['hardware']} (CPU only, 1-2 threads, while "
+        f"- {tr['train_seconds'] / 3600:.1f} h of training on {metrics['hardware']}, 2 cores (CPU only, 1-2 threads, while "
         "other work shared the machine: the time is an upper bound);",
         "- shipped weights: the exponential moving average of the weights (decay 0.9995), as the official recipe "
         "ships its EMA.",
@@ -156,7 +159,7 @@ def card(name, metrics, names):
         f"by visible area < 32², < 96², ≥ 96²) on the held-out generated set `make_scene({EVAL_SEED}, i)`, "
         f"i < {metrics['eval_count']} ({SIZE}×{SIZE}), computed with the package's NumPy model and evaluator "
         f"(`rtdetrv2_np.evaluate`, equal to pycocotools on recorded cases). Each model evaluated with both "
-        "sampling methods — RT-DETRv2's discrete-sampling ablation (arXiv 2407.17140v1, Table 3) in miniature:",
+        "sampling methods — RT-DETRv2's discrete-sampling ablation (arXiv 2407.17140v1) in miniature:",
         "",
         table(metrics, "full", names),
         "",

@@ -56,7 +56,14 @@ def training_facts(run):
     # the commands as a user would type them: the run folder as runs/<name>, not this machine's path
     commands = [s.strip().replace(str(run.resolve()), f"runs/{run.name}").replace(str(run), f"runs/{run.name}")
                 for s in open(run / "command.txt") if s.strip()]
-    return {"steps": last["step"], "train_seconds": last["seconds"], "commands": commands,
+    steps, seconds = last["step"], last["seconds"]
+    try:                                        # the saved state is exact (the log is written every 20 steps)
+        import torch
+        state = torch.load(run / "state.pt", weights_only=True)
+        steps, seconds = state["step"], state["seconds"]
+    except ImportError:
+        pass
+    return {"steps": steps, "train_seconds": seconds, "commands": commands,
             "final_loss": last["loss"], "last_training_eval": evals[-1] if evals else None}
 
 

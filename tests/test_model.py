@@ -14,8 +14,10 @@ tensor changes a stage by O(0.1) relative and more, far above either bound.
   STAGE_RTOL 2e-5   measured (numpy 2.4, OpenBLAS, against torch 2.13 CPU): at most 6.4e-6 of max|reference| (the
                     final logits of r101vd_640: 1.6e-5 on a scale of 2.5, after its 23-block stage and 6 decoder
                     layers), at most 1.4e-6 in every other case: a 3x margin at the worst, 14x elsewhere.
-  MEAN_RTOL 2e-6    per-channel means average thousands of values whose rounding errors partly cancel: measured at
-                    most 2.1e-7 of max|mean| (10x margin).
+  MEAN_RTOL 2e-6    per-channel means average thousands of values whose rounding errors partly cancel, so their
+                    error is at most the values' error: stated relative to the stage's scale (max |sampled value|),
+                    not the means' own, which can be ~100x smaller than the values they average (a trained
+                    model's input projections: means ~0.007 of values ~1) and would then ask for sub-ulp agreement.
   TIE_ATOL 1e-5     two selected queries whose max-class logits differ by less than this may come out of top-k in
                     either order (the recorded logits differ from ours by up to ~5e-6); anything else must match.
 test_r18vd_final_outputs_within_1e4 states the issue's absolute bound (1e-4 on r18vd's final logits and boxes) on
@@ -121,7 +123,8 @@ def compare_stage(name, ours, ref):
     x = np.moveaxis(ours.astype(np.float64), ax, -1).reshape(-1, ours.shape[ax])
     ok = np.isfinite(x) & (np.abs(x) < 1e30)                        # the README's exclusion of invalid anchors
     means = np.where(ok, x, 0).sum(0) / ok.sum(0)
-    assert_close(means, ref[name + "@mean"], 0, name + " (per-channel means)", rtol=MEAN_RTOL)
+    scale = float(np.abs(ref[name + "@val"]).max())                 # the stage's scale, not the means' (MEAN_RTOL)
+    assert_close(means, ref[name + "@mean"], MEAN_RTOL * scale, name + " (per-channel means)")
 
 
 QUERY_STAGES = ("target", "reference_boxes", "logits", "pred_boxes")

@@ -25,7 +25,6 @@ its own. The parity report at the end of the run (tests/conftest.py) prints ever
 """
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -161,7 +160,12 @@ STAGE_CASES = ["tiny_basic", "tiny_basic_discrete", "tiny_bottleneck", "r18vd_64
 @pytest.mark.parametrize("name", STAGE_CASES)
 def test_every_stage_matches_pytorch(name):
     meta, ref = load_case(name)
-    model = case_model(name, meta)
+    check_every_stage(name, meta, ref, case_model(name, meta))
+
+
+def check_every_stage(name, meta, ref, model):
+    """A stage-by-stage case: the model's sampling method, every recorded stage, and that the key stages were among
+    those compared (also used by tests/test_fast.py for the fast path)."""
     assert model.method == ("discrete" if meta["method"] == "discrete" else "bilinear")
     stages = model.trace(pixel_values(meta, ref))
     compared = check_all_stages(name, meta, ref, stages)

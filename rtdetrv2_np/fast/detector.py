@@ -328,7 +328,7 @@ class FastModel:
 
     @property
     def id2label(self):
-        return self.config.id2label or {i: str(i) for i in range(self.config.num_labels)}
+        return self.config.label_names
 
 
 def fast_model(model):

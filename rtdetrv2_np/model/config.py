@@ -95,6 +95,11 @@ class Config:
         return len(self.id2label) if self.id2label else 80
 
     @property
+    def label_names(self):
+        """{label index: name}: id2label, or the indices as names when the config has none."""
+        return self.id2label or {i: str(i) for i in range(self.num_labels)}
+
+    @property
     def n_points(self):
         """Sampling points per level, a list of L ints."""
         n = self.decoder_n_points

@@ -26,7 +26,6 @@ one, so a transformers r50vd_m gives another answer than the official one. decod
 what a hub config.json gives) runs every layer, as transformers does.
 """
 
-import numpy as np
 
 from .deformable_attention import multiscale_deformable_attention
 from .nn import activation_, inverse_sigmoid, layer_norm, linear, mlp, multi_head_attention, sigmoid

@@ -95,7 +95,7 @@ class Model:
 
     @property
     def id2label(self):
-        return self.config.id2label or {i: str(i) for i in range(self.config.num_labels)}
+        return self.config.label_names
 
 
 def _check_pixels(x):

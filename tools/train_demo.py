@@ -225,9 +225,18 @@ def main():
     model.train()
     t_last = time.time()
     acc = {}
-    stop = []       # SIGTERM / SIGINT: finish the step, save, export and exit (a run can be interrupted at any time)
+    # SIGTERM / SIGINT, or a file run/STOP: finish the step, save, export and exit (a run can be interrupted at any
+    # time). The file is the dependable way: a signal sent while the data-loader worker starts can be lost.
+    stop = []
+
+    def request_stop(signum, _frame):
+        stop.append(signum)
+        print(f"signal {signum}: stopping after this step", file=sys.stderr, flush=True)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.append(True))
+        signal.signal(sig, request_stop)
+    stop_file = a.run / "STOP"
+    stop_file.unlink(missing_ok=True)
     for s, pixels, targets in loader:
         if s >= a.steps or stop:
             break
@@ -251,6 +260,8 @@ def main():
                 acc.setdefault(k, []).append(float(out.loss_dict[k].detach()))
         acc.setdefault("gnorm", []).append(float(gnorm))
         step = s + 1
+        if stop_file.exists():
+            stop.append("file")
         now = time.time()
         seconds += now - t_last
         t_last = now

@@ -6,17 +6,20 @@ plt.show(). Save one with `fig.savefig("out.png")`; in Jupyter, run `%matplotlib
 the last line of a cell.
 
     plot_detections            boxes, label names and scores on the image          (after post-processing)
-    plot_sampling_locations    where each head of one query samples, per level      ([2] Eq. 3, [3] §3)
-    plot_bilinear_vs_discrete  grid_sample's 4-neighbour mix against [3]'s one-texel gather
+    plot_sampling_locations    where each head of one query samples, per level      ([2] Eq. 3, [3] §2.1)
+    plot_bilinear_vs_discrete  grid_sample's 4-neighbour mix against [3]'s one-texel gather  ([3] §2.1)
     plot_box_refinement        one query's box through the decoder layers           ([2] App. A.4)
     plot_query_selection       max class logit per encoder position, the top-300 marked   ([1] §4.3)
     plot_feature_maps          backbone / encoder maps: channel mean and first channels   ([1] §4.1-4.2)
 
-Weights. The teaching notebooks use the trained checkpoint when it is in the Hugging Face cache and otherwise a
-deterministic random-weight model (`teaching_model`). Whatever depends on the weights (boxes, scores, where heads
-look, which positions win the top-300) means nothing with random weights, and a figure must say so: every figure
-function takes `weights_note` (any text, stamped in red at the top) and `random_weights=True` (stamps
-RANDOM_WEIGHTS_NOTE).
+Weights. The teaching notebooks use the trained demo detector shipped inside the package (`teaching_model()` =
+load_model("demo"): 4 shape classes at 256x256, trained on rtdetrv2_np/demo/shapes.py), so every figure shows what
+a trained network does, offline. `weights_stamp()` names the weights file and its SHA-256 (each notebook prints it
+first, and the tests compare it with the shipped file). `coco_model()` gives the trained r18vd when it is in the
+Hugging Face cache and otherwise a deterministic random-weight model; whatever depends on the weights (boxes,
+scores, where heads look, which positions win the top-Nq) means nothing with random weights, and a figure must say
+so: every figure function takes `weights_note` (any text, stamped in red at the top) and `random_weights=True`
+(stamps RANDOM_WEIGHTS_NOTE followed by what, in that figure, carries no meaning).
 
 References [1] RT-DETR, [2] Deformable DETR, [3] RT-DETRv2 (with versions and sections) and the glossary of shape
 letters: the package docstring, rtdetrv2_np/__init__.py.
@@ -32,8 +35,17 @@ from .model.deformable_attention import bilinear_taps, discrete_texel, sample_bi
 from .postprocess import center_to_corners
 
 HUB_ID = "PekingU/rtdetr_v2_r18vd"
-RANDOM_WEIGHTS_NOTE = ("RANDOM WEIGHTS (no trained checkpoint in the cache): boxes, scores and attention here mean "
-                       "nothing - random weights don't find cats")
+DEMO = "demo"                                   # load_model's name of the shipped demo detector (rtdetrv2_np/demo)
+RANDOM_WEIGHTS_NOTE = "RANDOM WEIGHTS (no trained checkpoint in the cache):"
+# what carries no meaning with random weights, per figure (the note says it for the figure it sits on)
+_RANDOM_MEANS_NOTHING = {
+    "detections": "these boxes and scores mean nothing",
+    "sampling": "where the heads sample and their weights mean nothing",
+    "refinement": "these boxes, their corrections and the class mean nothing",
+    "selection": "which positions score high means nothing",
+    "features": "the channels respond to edges and colour, not to learned parts",
+    "sampling_values": "the texel values are arbitrary (the sampling rules hold for any values)",
+}
 NOTE_COLOR = "#b00020"
 LEVEL_MARKERS = ("o", "s", "^", "D", "v")      # one marker per feature level (stride 8, 16, 32, ...)
 
@@ -42,8 +54,46 @@ LEVEL_MARKERS = ("o", "s", "^", "D", "v")      # one marker per feature level (s
 # The model the walkthrough uses
 # ----------------------------------------------------------------------------------------------------------------
 
-def teaching_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
-    """(model, is_real): the trained checkpoint if it is in the hub cache, else a deterministic random-weight model.
+def teaching_model(source=DEMO, method=None):
+    """(model, is_trained): the walkthrough's model, the trained demo detector shipped in the package.
+
+    source: "demo" (trained with bilinear sampling) or "demo-discrete" (its discrete-sampling fine-tune, where
+    shipped). method: "bilinear" / "discrete" overrides the sampling, e.g. the bilinear-trained demo read with
+    discrete sampling. Never touches the network. is_trained is True (kept so that `model, IS_REAL =
+    teaching_model()` reads as before); coco_model() is the one that may fall back to random weights.
+    """
+    from .loading import load_model
+    return load_model(source, method=method), True
+
+
+def weights_stamp(model=None):
+    """One line naming the weights file a notebook used and its SHA-256 (the committed outputs' stamp).
+
+    model: a loaded Model (its .source file is hashed); None hashes the shipped "demo" weights. A model whose
+    source is not a file (random weights) is named as such, with no hash. tests/test_walkthrough.py reads
+    "sha256 <hex>" from each notebook's first code cell and compares it with the shipped demo file.
+    """
+    import hashlib
+    import os
+    if model is None:
+        from .demo import demo_model_dir
+        path = os.path.join(demo_model_dir(DEMO, check=True), "model.safetensors")
+    else:
+        path = model.source
+    if not os.path.isfile(path):
+        return f"weights: {path} (not a file: no sha256)"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    parts = os.path.normpath(path).split(os.sep)
+    shown = "/".join(parts[parts.index("rtdetrv2_np"):]) if "rtdetrv2_np" in parts else os.path.basename(path)
+    return f"weights: {shown} sha256 {h.hexdigest()}"
+
+
+def coco_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
+    """(model, is_real): the trained COCO checkpoint if it is in the hub cache, else a deterministic random-weight
+    model (for figures on photographs; the walkthrough's committed outputs are made with the cache disabled).
 
     Never downloads: the hub id is looked up in the cache only (load_model(..., offline=True); the process's
     environment is left alone). If the checkpoint is not
@@ -63,8 +113,12 @@ def teaching_model(hub_id=HUB_ID, variant="r18vd", seed=0, method=None):
 # Layout helpers
 # ----------------------------------------------------------------------------------------------------------------
 
-def _note(weights_note, random_weights):
-    return weights_note if weights_note is not None else (RANDOM_WEIGHTS_NOTE if random_weights else None)
+def _note(weights_note, random_weights, figure=None):
+    """The red note of a figure: weights_note if given, else with random_weights what means nothing in `figure`."""
+    if weights_note is not None:
+        return weights_note
+    what = _RANDOM_MEANS_NOTHING.get(figure, "what this figure shows depends on the weights and means nothing")
+    return f"{RANDOM_WEIGHTS_NOTE} {what}" if random_weights else None
 
 
 def _figure(nrows, ncols, panel, title, note, *, right=0.2, left=0.2, bottom=0.25, wspace=0.25, hspace=0.35):
@@ -158,12 +212,15 @@ def _label(id2label, c):
 # ----------------------------------------------------------------------------------------------------------------
 
 def plot_detections(image, detections, id2label=None, threshold=None, max_detections=30, title=None,
-                    weights_note=None, random_weights=False, panel=6.0):
-    """Boxes, label names and scores drawn on the image.
+                    weights_note=None, random_weights=False, panel=6.0, ground_truth=None):
+    """Boxes, label names and scores drawn on the image; optionally the ground truth beside them.
 
     image: PIL image, [H, W, 3] array or pixel values [(1,) 3, H, W]. detections: one dict of
     post_process_object_detection ("scores" [n], "labels" [n], "boxes" [n, 4] x1, y1, x2, y2 in pixels of `image`).
     id2label: {label: name} (model.id2label). threshold: drop scores <= threshold; max_detections: the best n drawn.
+    ground_truth: a list of {"label", "box" (x1, y1, x2, y2)} (demo.shapes.make_scene's objects), drawn as white
+    dashed boxes under the detections. Each label sits just above its box (inside the image), so it never covers
+    the object.
     """
     img = _rgb(image)
     H, W = img.shape[:2]
@@ -174,16 +231,27 @@ def plot_detections(image, detections, id2label=None, threshold=None, max_detect
     if threshold is not None:
         keep = keep[scores[keep] > threshold]
     keep = keep[:max_detections]
-    note = _note(weights_note, random_weights)
-    fig, axes = _figure(1, 1, (panel, panel * H / W), title or f"{len(keep)} detections", note)
+    note = _note(weights_note, random_weights, "detections")
+    head = title or f"{len(keep)} detections" + (f" (colour), {len(ground_truth)} ground-truth objects (white, "
+                                                 f"dashed)" if ground_truth is not None else "")
+    fig, axes = _figure(1, 1, (panel, panel * H / W), head, note)
     ax = axes[0, 0]
     ax.imshow(img)
+    for obj in ground_truth or []:
+        x1, y1, x2, y2 = (float(v) for v in obj["box"])
+        for color, lw, ls in (("black", 2.6, "-"), ("white", 1.6, "--")):      # white dashes on a black outline
+            ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=lw,
+                                   linestyle=ls))
+    fs = 9 * min(1.0, panel / 6.0) + 1
     for i in keep:
         x1, y1, x2, y2 = boxes[i]
         color = _tab10(int(labels[i]))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
-        ax.text(max(x1, 0) + 2, max(y1, 0) + 2, f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white",
-                fontsize=9, va="top", ha="left", bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.5))
+        above = y1 > 0.06 * H                                       # room above the box: the label goes there
+        ax.text(min(max(x1, 0), 0.8 * W), y1 - 1 if above else max(y2, 0) + 1,
+                f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white", fontsize=fs,
+                va="bottom" if above else "top", ha="left", clip_on=True,
+                bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.0))
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)
     _clean(ax)
@@ -205,9 +273,11 @@ def plot_sampling_locations(image, stages, layer, query, n_points=None, batch=0,
     size works). stages: the trace dict; reads decoder.{layer}.sampling_locations [B, Nq, M, K, 2] and
     .attention_weights [B, Nq, M, K], and the reference box that layer received: reference_boxes for layer 0,
     decoder.{layer-1}.boxes after. n_points: K_l per level (default: K split evenly over the levels).
-    In each panel: the reference box (white, dashed) and its centre (+), every sampling point coloured by its
-    attention weight A_mlqk (one colour scale for all heads), one marker shape per level; the panel title gives the
-    share of the head's attention that goes to each level. zoom: crop to the box and its points.
+    In each panel: the reference box (thick cyan on a black outline) and its centre (+), every sampling point
+    coloured by its attention weight A_mlqk (one colour scale for all heads), one marker shape per level (points of
+    several levels may coincide: the legend says so); the panel title gives the share of the head's attention that
+    goes to each level. zoom: crop to the box and its points; the image border is drawn (red) and the outside
+    greyed, since sampling points may lie outside the image (they read zeros there).
     """
     img = _rgb(image)
     H, W = img.shape[:2]
@@ -220,9 +290,9 @@ def plot_sampling_locations(image, stages, layer, query, n_points=None, batch=0,
     level_of = np.repeat(np.arange(len(n_points)), n_points)                                           # [K]
     heads = list(range(M)) if heads is None else list(heads)
     nrows = -(-len(heads) // ncols)
-    note = _note(weights_note, random_weights)
+    note = _note(weights_note, random_weights, "sampling")
     title = title or (f"decoder layer {layer}, query {query}: where each head samples\n"
-                      f"colour = attention weight, marker = level, dashed = the reference box ({ref_name})")
+                      f"colour = attention weight, marker = level, cyan = the reference box ({ref_name})")
     fig, axes = _figure(nrows, min(ncols, len(heads)), (panel, panel), title, note, right=1.3, hspace=0.3)
     norm = Normalize(0, max(float(aw[heads].max()), 1e-6))
     x1, y1, x2, y2 = _box_xyxy(ref, W, H)
@@ -230,11 +300,14 @@ def plot_sampling_locations(image, stages, layer, query, n_points=None, batch=0,
     for ax in axes.flat[len(heads):]:
         ax.set_visible(False)
     for ax, m in zip(axes.flat, heads):
+        ax.set_facecolor("#d0d0d0")                                 # outside the image: grey
         ax.imshow(img, alpha=0.55)
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=1.8,
-                               linestyle="--"))
-        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="black", linewidth=0.6))
-        ax.plot([ref[0] * W], [ref[1] * H], marker="+", color="black", markersize=10, mew=2)
+        ax.add_patch(Rectangle((0, 0), W, H, fill=False, edgecolor=NOTE_COLOR, linewidth=1.2, linestyle=":",
+                               zorder=2))                          # the image border
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="black", linewidth=4.0, zorder=2))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#00e5ff", linewidth=2.2,
+                               zorder=2))
+        ax.plot([ref[0] * W], [ref[1] * H], marker="+", color="black", markersize=12, mew=2.5, zorder=4)
         px, py = loc[m, :, 0] * W, loc[m, :, 1] * H
         order = np.argsort(aw[m])                                   # heaviest drawn last, on top
         for l in range(len(n_points)):
@@ -254,7 +327,8 @@ def plot_sampling_locations(image, stages, layer, query, n_points=None, batch=0,
     fig.colorbar(mappable, cax=cax, label="attention weight A")
     handles = [axes.flat[0].scatter([], [], marker=LEVEL_MARKERS[l % 5], color="grey", edgecolors="black",
                                     label=f"level {l} (K={k})") for l, k in enumerate(n_points)]
-    cax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.04), fontsize=8, frameon=False)
+    cax.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.04), fontsize=8, frameon=False,
+               title="stacked markers:\nlevels at one point", title_fontsize=7)
     return fig
 
 
@@ -277,7 +351,7 @@ def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, r
     v4 = value[None, :, :, None]                                                              # [1, H, W, 1]
     bil = sample_bilinear(v4, locs[None])[0, :, 0]                                            # [P]
     dis = sample_discrete(v4, locs[None])[0, :, 0]                                            # [P]
-    note = _note(weights_note, random_weights)
+    note = _note(weights_note, random_weights, "sampling_values")
     size = (panel, panel * (H + 1.5) / (W + 1.5))
     fig, axes = _figure(1, 2, size, title or "one feature map, the same points, two ways to read it", note,
                         wspace=0.15, left=0.45, bottom=0.6 + 0.17 * len(locs))
@@ -353,7 +427,7 @@ def plot_box_refinement(image, stages, queries, batch=0, id2label=None, zoom=Tru
     labels = ["query selection"] + [f"layer {i}" for i in range(n_layers)]
     queries = [int(q) for q in np.atleast_1d(queries)]
     nrows = -(-len(queries) // ncols)
-    note = _note(weights_note, random_weights)
+    note = _note(weights_note, random_weights, "refinement")
     fig, axes = _figure(nrows, min(ncols, len(queries)), (panel, panel),
                         title or "iterative box refinement: each decoder layer corrects the box it received", note,
                         right=1.6, hspace=0.3)
@@ -404,7 +478,7 @@ def plot_query_selection(stages, spatial_shapes, image=None, batch=0, title=None
     index = np.asarray(stages["topk_index"][batch])                                          # [Nq]
     valid = np.asarray(stages["valid_mask"]).reshape(-1).astype(bool)                        # [Nv]
     img = _rgb(image)
-    note = _note(weights_note, random_weights)
+    note = _note(weights_note, random_weights, "selection")
     L = len(spatial_shapes)
     fig, axes = _figure(1, L, (panel, panel), title or f"query selection: max class logit per position, the "
                         f"top-{len(index)} marked", note, right=1.0, bottom=0.3, wspace=0.12)
@@ -419,15 +493,20 @@ def plot_query_selection(stages, spatial_shapes, image=None, batch=0, title=None
         im = ax.imshow(np.where(v, s, np.nan), cmap="magma", norm=norm, extent=(0, w, h, 0),
                        alpha=0.75 if img is not None else 1.0, interpolation="nearest")
         inv_y, inv_x = np.nonzero(~v)
-        for yy, xx in zip(inv_y, inv_x):
-            ax.add_patch(Rectangle((xx, yy), 1, 1, fill=False, hatch="////", edgecolor="#9ec5e8", linewidth=0))
+        for yy, xx in zip(inv_y, inv_x):                            # invalid anchors: grey, dark hatching
+            ax.add_patch(Rectangle((xx, yy), 1, 1, facecolor="#e8e8e8", hatch="xxx", edgecolor="#303030",
+                                   linewidth=0, zorder=2))
         ax.scatter(sel % w + 0.5, sel // w + 0.5, s=max(4.0, 400 / max(h, w)), facecolors="white",
                    edgecolors="black", linewidths=0.4, zorder=3)
         ax.set_xlim(0, w)
         ax.set_ylim(h, 0)
-        ax.set_title(f"level {l}: {h}x{w}, {len(sel)} selected", fontsize=9)
+        ax.set_title(f"level {l}: {h}x{w}, {len(sel)} selected, {int((~v).sum())} invalid", fontsize=9)
         _clean(ax)
         start += h * w
+    axes[0, 0].legend(handles=[Rectangle((0, 0), 1, 1, facecolor="#e8e8e8", hatch="xxx", edgecolor="#303030",
+                                         linewidth=0, label="invalid anchor (memory zeroed)"),
+                               axes[0, 0].scatter([], [], facecolors="white", edgecolors="black", label="selected")],
+                      loc="upper left", bbox_to_anchor=(0.0, -0.02), fontsize=8, frameon=False, ncol=2)
     cax = fig.add_axes([1 - 0.8 / fig.get_figwidth(), 0.3 / fig.get_figheight() + 0.05, 0.15 / fig.get_figwidth(),
                         0.6])
     fig.colorbar(im, cax=cax, label="max class logit")
@@ -441,12 +520,12 @@ def plot_feature_maps(stages, names, batch=0, channels=None, n_channels=3, title
     stages: the trace dict (or any {name: array}); names: e.g. ["backbone.0", "backbone.1", "backbone.2"] or
     ["encoder.input_proj.2", "encoder.aifi"]. channels: which channels to show; None picks, per map, the n_channels
     with the largest spatial standard deviation (after a ReLU many channels are all zero). Each panel has its own
-    colour scale (viridis, dark = low).
+    colour scale (viridis, dark = low), shown by its own colourbar.
     """
-    note = _note(weights_note, random_weights)
+    note = _note(weights_note, random_weights, "features")
     ncols = 1 + (len(channels) if channels is not None else n_channels)
-    fig, axes = _figure(len(names), ncols, (panel, panel), title or "feature maps", note, left=1.6,
-                        hspace=0.25, wspace=0.1)
+    fig, axes = _figure(len(names), ncols, (panel, panel), title or "feature maps (each panel its own colour scale)",
+                        note, left=1.6, hspace=0.25, wspace=0.35)
     for row, name in zip(axes, names):
         x = np.asarray(stages[name][batch], dtype=np.float64)                                # [C, H, W]
         chosen = list(channels) if channels is not None else \
@@ -454,9 +533,11 @@ def plot_feature_maps(stages, names, batch=0, channels=None, n_channels=3, title
         maps = [x.mean(axis=0)] + [x[c] for c in chosen]
         heads = ["mean over C"] + [f"channel {c}" for c in chosen]
         for ax, m, head in zip(row, maps, heads):
-            ax.imshow(m, cmap="viridis", interpolation="nearest")
+            im = ax.imshow(m, cmap="viridis", interpolation="nearest")
             ax.set_title(head, fontsize=8)
             _clean(ax)
+            cb = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03)      # each panel its own scale
+            cb.ax.tick_params(labelsize=6)
         row[0].set_ylabel(f"{name}\n[C={x.shape[0]}, {x.shape[1]}x{x.shape[2]}]", fontsize=9, rotation=0,
                           ha="right", va="center")
     return fig

@@ -1,5 +1,6 @@
 """Every figure of rtdetrv2_np.plotting renders (Agg, to a PNG) to the expected size and is not blank; the weights
-note is stamped when asked for; teaching_model picks cached real weights or falls back to random ones offline."""
+note is stamped when asked for, worded for its figure; teaching_model is the shipped demo detector, weights_stamp
+its file's SHA-256; coco_model picks cached real weights or falls back to random ones offline."""
 
 import json
 import subprocess
@@ -49,7 +50,10 @@ def check_png(fig, path, min_colors=30):
 
 
 def has_note(fig, note=plotting.RANDOM_WEIGHTS_NOTE):
-    return any(t.get_text() == note for t in fig.texts)
+    """The red note is there: RANDOM_WEIGHTS_NOTE followed by what means nothing in this figure."""
+    if note != plotting.RANDOM_WEIGHTS_NOTE:                        # a caller's own note, verbatim
+        return any(t.get_text() == note for t in fig.texts)
+    return any(t.get_text().startswith(note) and len(t.get_text()) > len(note) + 10 for t in fig.texts)
 
 
 def test_plot_detections(run, tmp_path):
@@ -109,17 +113,29 @@ def test_plotting_imports_no_pyplot():
     assert out.strip() == "False"
 
 
-def test_teaching_model_falls_back_to_random_offline(tmp_path, monkeypatch):
+def test_teaching_model_is_the_shipped_demo():
+    """The walkthrough's model is load_model("demo"); weights_stamp hashes exactly the file it was loaded from."""
+    import hashlib
+    model, trained = plotting.teaching_model()
+    assert trained and model.config.num_labels == 4 and model.input_size == (256, 256)
+    digest = hashlib.sha256(Path(model.source).read_bytes()).hexdigest()
+    stamp = plotting.weights_stamp(model)
+    assert stamp == plotting.weights_stamp() and stamp.endswith("sha256 " + digest), stamp
+    assert "rtdetrv2_np/demo/models/" in stamp and not stamp.startswith("weights: /"), stamp   # no machine path
+    assert "no sha256" in plotting.weights_stamp(random_model("r18vd"))
+
+
+def test_coco_model_falls_back_to_random_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")   # would fail loudly if anything tried the network
-    model, is_real = plotting.teaching_model()
+    model, is_real = plotting.coco_model()
     assert not is_real and model.source.startswith("random weights")
     import os
     assert "HF_HUB_OFFLINE" not in os.environ                  # restored
 
 
-def test_teaching_model_uses_cached_weights(tmp_path, monkeypatch):
+def test_coco_model_uses_cached_weights(tmp_path, monkeypatch):
     """A hub cache holding PekingU/rtdetr_v2_r18vd (here: random weights in its layout) gives is_real = True."""
     from safetensors.numpy import save_file
     ref = random_model("r18vd", seed=1)
@@ -135,19 +151,19 @@ def test_teaching_model_uses_cached_weights(tmp_path, monkeypatch):
     save_file(random_params(expected_shapes(ref.config), 1, ref.config.n_points), str(snap / "model.safetensors"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    model, is_real = plotting.teaching_model()
+    model, is_real = plotting.coco_model()
     assert is_real and model.source.endswith("model.safetensors")
     assert model.config.decoder_layers == 3
 
 
-def test_teaching_model_leaves_the_environment_alone(tmp_path, monkeypatch):
-    """teaching_model looks the hub id up in the cache only, without setting HF_HUB_OFFLINE in the process (issue:
+def test_coco_model_leaves_the_environment_alone(tmp_path, monkeypatch):
+    """coco_model looks the hub id up in the cache only, without setting HF_HUB_OFFLINE in the process (issue:
     no library function mutates the environment); with an empty cache it falls back to random weights."""
     import os
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")          # nothing listens there: any request would fail
     before = dict(os.environ)
-    model, real = plotting.teaching_model()
+    model, real = plotting.coco_model()
     assert not real and "random weights" in model.source
     assert dict(os.environ) == before

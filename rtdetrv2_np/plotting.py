@@ -355,7 +355,7 @@ def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, r
     size = (panel, panel * (H + 1.5) / (W + 1.5))
     fig, axes = _figure(1, 2, size, title or "one feature map, the same points, two ways to read it", note,
                         wspace=0.15, left=0.45, bottom=0.6 + 0.17 * len(locs))
-    for ax, name in zip(axes[0], ("bilinear: grid_sample, zero padding", "discrete: RT-DETRv2 §3, nearest texel")):
+    for ax, name in zip(axes[0], ("bilinear: grid_sample, zero padding", "discrete: texel trunc(u + 0.5), [3] §2.1")):
         ax.imshow(value, cmap="Greys", extent=(0, W, H, 0), alpha=0.45,
                   vmin=float(value.min()) - 0.3 * float(np.ptp(value) or 1), vmax=float(value.max()))
         for j in range(H + 1):
@@ -540,4 +540,174 @@ def plot_feature_maps(stages, names, batch=0, channels=None, n_channels=3, title
             cb.ax.tick_params(labelsize=6)
         row[0].set_ylabel(f"{name}\n[C={x.shape[0]}, {x.shape[1]}x{x.shape[2]}]", fontsize=9, rotation=0,
                           ha="right", va="center")
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Lesson figures of walkthrough 03 and 04 (second edition): plain arrays in, one Figure out
+# ----------------------------------------------------------------------------------------------------------------
+
+def plot_sampling_ramp(width=6, n=721, title=None, panel=(7.0, 2.6)):
+    """A 1-D sweep across a ramp: bilinear sampling is a line, discrete sampling a staircase shifted half a texel.
+
+    The map is one row of `width` texels whose values are 1, 2, ..., width (texel i holds i + 1), sampled at n
+    points x from -1/width to 1 + 1/width (u = x * width from -1 to width + 1) by the package's sample_bilinear and
+    sample_discrete. Top: both readings against u, the texel centres (i + 0.5) marked. Bottom: discrete - bilinear.
+    Between the first and last texel centre bilinear reads u + 0.5 (value i + 1 at the centre u = i + 0.5);
+    discrete reads texel trunc(u + 0.5), value trunc(u + 0.5) + 1: a staircase whose tread for texel i spans
+    u in [i - 0.5, i + 0.5), centred on u = i, half a texel left of the texel's centre. So discrete(u) is
+    bilinear(u + 0.5) rounded, and discrete - bilinear lies in (0, 1], 0.5 on average. Outside the map bilinear
+    fades to 0 (zero padding), discrete holds the border texel.
+    """
+    x = np.linspace(-1.0 / width, 1.0 + 1.0 / width, n, dtype=np.float32)           # [n] normalised
+    value = np.arange(1, width + 1, dtype=np.float32).reshape(1, 1, width, 1)       # [1, H=1, W, 1]
+    loc = np.stack([x, np.full_like(x, 0.5)], axis=-1)[None]                         # [1, n, 2] on the row's centre
+    bil = sample_bilinear(value, loc)[0, :, 0]                                       # [n]
+    dis = sample_discrete(value, loc)[0, :, 0]                                       # [n]
+    u = x * width
+    fig, axes = _figure(2, 1, panel, title or f"a ramp of {width} texels (texel i holds i + 1), read at every u",
+                        None, left=0.8, right=0.3, bottom=0.55, hspace=0.45)
+    ax = axes[0, 0]
+    for i in range(width + 1):
+        ax.axvline(i, color="#dddddd", linewidth=0.8, zorder=0)                      # texel borders
+    ax.axvspan(u[0], 0, color="#f3e0e0", zorder=0)
+    ax.axvspan(width, u[-1], color="#f3e0e0", zorder=0, label="outside the map")
+    ax.plot(u, bil, color="#1f77b4", linewidth=2, label="bilinear (grid_sample, zero padding)")
+    ax.plot(u, dis, color="#d62728", linewidth=2, label="discrete: texel trunc(u + 0.5), clamped")
+    ax.plot(np.arange(width) + 0.5, value[0, 0, :, 0], "o", color="black", markersize=5,
+            label="texel centres (i + 0.5, value i + 1)", zorder=3)
+    ax.set_ylabel("value read", fontsize=8)
+    ax.legend(fontsize=7, loc="upper left", frameon=False)
+    ax.set_xlim(u[0], u[-1])
+    ax.tick_params(labelsize=7)
+    ax = axes[1, 0]
+    ax.axhline(0, color="grey", linewidth=0.6)
+    ax.plot(u, dis - bil, color="#6a3d9a", linewidth=1.5)
+    ax.set_xlim(u[0], u[-1])
+    ax.set_ylim(-0.6, 1.6)                                          # outside the map the gap grows to the border value
+    ax.set_title("discrete - bilinear (clipped; inside the map it lies in (0, 1])", fontsize=8)
+    ax.set_xlabel("u = x * W (texel units; texel i covers [i, i + 1])", fontsize=8)
+    ax.set_ylabel("discrete - bilinear", fontsize=8)
+    ax.tick_params(labelsize=7)
+    return fig
+
+
+def plot_sampling_patterns(image, box, patterns, n_points, title=None, weights_note=None, panel=3.4, zoom=True):
+    """Sampling points of one query around its reference box, one panel per pattern (e.g. the initialisation and
+    the trained model), one colour per head, one marker per level.
+
+    image: as in plot_detections. box: the reference box (cx, cy, w, h), normalised, drawn thick in black and
+    yellow. patterns: [(name, loc [M, K, 2] normalised, weights [M, K] or None)]; with weights the marker area
+    grows with the attention weight. n_points: K_l per level (level-major slots). The image's border is drawn in
+    every panel (zoomed panels may reach past it).
+    """
+    img = _rgb(image)
+    H, W = img.shape[:2]
+    level_of = np.repeat(np.arange(len(n_points)), n_points)                         # [K]
+    fig, axes = _figure(1, len(patterns), (panel, panel), title or "where one query samples", weights_note,
+                        right=1.5, wspace=0.12)
+    x1, y1, x2, y2 = _box_xyxy(box, W, H)
+    for ax, (name, loc, weights) in zip(axes[0], patterns):
+        loc = np.asarray(loc, dtype=np.float64)                                       # [M, K, 2]
+        ax.imshow(img, alpha=0.5, extent=(0, W, H, 0))
+        ax.add_patch(Rectangle((0, 0), W, H, fill=False, edgecolor="black", linewidth=1.0, linestyle=":"))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="black", linewidth=3.2))
+        ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor="#ffd700", linewidth=1.6))
+        for m in range(loc.shape[0]):
+            size = 30 if weights is None else 15 + 300 * np.asarray(weights[m], np.float64)
+            for l in range(len(n_points)):
+                sel = level_of == l
+                ax.scatter(loc[m, sel, 0] * W, loc[m, sel, 1] * H, s=np.broadcast_to(size, level_of.shape)[sel],
+                           color=_tab10(m), marker=LEVEL_MARKERS[l % 5], edgecolors="black", linewidths=0.5,
+                           zorder=3, label=f"head {m}" if l == 0 else None)
+        ax.set_title(name, fontsize=9)
+        if zoom:
+            _zoom(ax, list(loc[..., 0].ravel() * W) + [x1, x2], list(loc[..., 1].ravel() * H) + [y1, y2], W, H,
+                  margin=0.1)
+        else:
+            ax.set_xlim(0, W)
+            ax.set_ylim(H, 0)
+        _clean(ax)
+    handles = axes[0, 0].get_legend_handles_labels()
+    handles[0].extend(axes[0, 0].scatter([], [], marker=LEVEL_MARKERS[l % 5], color="grey", edgecolors="black")
+                      for l in range(len(n_points)))
+    handles[1].extend(f"level {l} (K={k})" for l, k in enumerate(n_points))
+    fig.legend(*handles, loc="center right", fontsize=8, frameon=False)
+    return fig
+
+
+def plot_anchors(spatial_shapes, image=None, title=None, panel=3.4):
+    """Each level's anchors at their true size on the image, invalid positions hatched ([2] App. A.4, [1] §4.3).
+
+    spatial_shapes: [(H_l, W_l)] fine to coarse. The anchors come from the package (query_selection.
+    generate_anchors, logit space; drawn after a sigmoid). Per level: every position's centre as a dot, a sparse
+    lattice of anchor boxes at their true size (every s-th position, s chosen so they do not overlap), and the
+    cells of invalid positions hatched (red). image: optional background (any size: anchors are normalised).
+    """
+    from .model.query_selection import generate_anchors
+    logits, valid = generate_anchors(spatial_shapes)                                   # [Nv, 4], [Nv]
+    with np.errstate(over="ignore"):
+        boxes = 1 / (1 + np.exp(-logits.astype(np.float64)))                          # [Nv, 4]; invalid -> 1
+    img = _rgb(image)
+    H, W = img.shape[:2] if img is not None else (1.0, 1.0)
+    fig, axes = _figure(1, len(spatial_shapes), (panel, panel), title or
+                        "anchors at their true size; hatched red: invalid positions (their anchors are discarded)",
+                        None, wspace=0.1)
+    start = 0
+    for l, (ax, (h, w)) in enumerate(zip(axes[0], spatial_shapes)):
+        n = h * w
+        v = valid[start:start + n].reshape(h, w)
+        ok = boxes[start:start + n][valid[start:start + n]]
+        side = float(ok[0, 2]) if len(ok) else 0.05 * 2 ** l
+        if img is not None:
+            ax.imshow(img, alpha=0.45, extent=(0, W, H, 0))
+        ax.add_patch(Rectangle((0, 0), W, H, fill=False, edgecolor="black", linewidth=1.0))
+        for yy, xx in zip(*np.nonzero(~v)):
+            ax.add_patch(Rectangle((xx * W / w, yy * H / h), W / w, H / h, fill=False, hatch="xxx",
+                                   edgecolor="#d62728", linewidth=0))
+        yy, xx = np.mgrid[0:h, 0:w]
+        ax.scatter((xx.ravel() + 0.5) * W / w, (yy.ravel() + 0.5) * H / h, s=max(1.0, 60.0 / max(h, w)),
+                   color=np.where(v.ravel()[:, None], [[0.1, 0.1, 0.1]], [[0.84, 0.15, 0.16]]), zorder=3)
+        step = max(1, int(np.ceil(side * w)))                                          # positions per anchor side
+        for y in range(step // 2, h, step):
+            for x in range(step // 2, w, step):
+                if v[y, x]:
+                    cx, cy = (x + 0.5) / w, (y + 0.5) / h
+                    ax.add_patch(Rectangle(((cx - side / 2) * W, (cy - side / 2) * H), side * W, side * H,
+                                           fill=False, edgecolor=_tab10(l), linewidth=1.5))
+        unit = "px" if img is not None else "of the image"
+        size = f"{side * W:.1f} {unit}" if img is not None else f"{side:.2f} {unit}"
+        ax.set_title(f"level {l}: {h}x{w} positions, side 0.05*2^{l} = {size}", fontsize=8)
+        ax.set_xlabel(f"{int((~v).sum())} of {n} positions invalid", fontsize=8)
+        ax.set_xlim(-0.12 * W, 1.12 * W)                                               # anchors may pass the border
+        ax.set_ylim(1.12 * H, -0.12 * H)
+        _clean(ax)
+        start += n
+    return fig
+
+
+def plot_score_vs_iou(scores, ious, groups=None, group_names=None, title=None, weights_note=None, panel=4.2):
+    """Classification score against IoU with the best ground-truth box, one dot per selected query ([1] §4.3).
+
+    scores [N] (sigmoid of the best class logit), ious [N] in [0, 1]; groups [N] ints (e.g. the level each query
+    came from), named by group_names. The title gives N and the Pearson correlation of the two (computed here).
+    """
+    scores = np.asarray(scores, dtype=np.float64).ravel()
+    ious = np.asarray(ious, dtype=np.float64).ravel()
+    groups = np.zeros(len(scores), int) if groups is None else np.asarray(groups).ravel()
+    r = float(np.corrcoef(scores, ious)[0, 1]) if len(scores) > 1 and scores.std() > 0 and ious.std() > 0 else 0.0
+    fig, axes = _figure(1, 1, (panel, panel), title or f"{len(scores)} selected queries: score vs IoU "
+                        f"(Pearson r = {r:.2f})", weights_note, left=0.7, bottom=0.6)
+    ax = axes[0, 0]
+    for g in np.unique(groups):
+        sel = groups == g
+        name = group_names[g] if group_names is not None else None
+        ax.scatter(ious[sel], scores[sel], s=10, alpha=0.6, color=_tab10(int(g)), label=name, edgecolors="none")
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle="--", label="score = IoU")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("IoU with the best ground-truth box", fontsize=9)
+    ax.set_ylabel("score = sigmoid(max class logit)", fontsize=9)
+    ax.legend(fontsize=8, loc="upper left", frameon=False)
+    ax.tick_params(labelsize=8)
     return fig

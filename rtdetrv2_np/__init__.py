@@ -10,13 +10,18 @@ other modules load and convert checkpoints, pre- and post-process, and hold the 
 
 References. One list for the whole package: every module cites these numbers.
     [1] Y. Zhao et al., "DETRs Beat YOLOs on Real-time Object Detection" (RT-DETR), arXiv 2304.08069v3 (CVPR 2024).
-        §4.1 model overview; §4.2 efficient hybrid encoder: AIFI and CCFF (called CCFM in v1); §4.3
-        uncertainty-minimal query selection (IoU-aware query selection in v1).
+        §4.1 and Fig. 4 model overview; §4.2, Eq. (1) and Fig. 5 efficient hybrid encoder: AIFI and CCFF (CCFM in
+        v1 and v2, and in this package's code); §5.2 and Table 3 its ablation (variant D_S5: AIFI on S5 only);
+        §4.3 uncertainty-minimal query selection (IoU-aware query selection in v1 and v2); Appendix Table A the
+        focal-style classification loss and matching cost.
     [2] X. Zhu et al., "Deformable DETR: Deformable Transformers for End-to-End Object Detection",
         arXiv 2010.04159v4 (ICLR 2021). §4.1 Eq. (2) deformable attention and Eq. (3) its multi-scale form;
-        §4.2 and Appendix A: iterative bounding box refinement, two-stage proposals.
+        §4.2 and Appendix A.4: iterative bounding box refinement (offsets scaled by the box size), two-stage
+        proposals (anchor size 0.05 * 2^l).
     [3] W. Lv et al., "RT-DETRv2: Improved Baseline with Bag-of-Freebies for Real-Time Detection Transformer",
-        arXiv 2407.17140v1. §3: a distinct number of sampling points per level, the discrete sampling operator.
+        arXiv 2407.17140v1 (no figures). §2.1: a distinct number of sampling points per level, the discrete
+        sampling operator; §3.4, Tables 3-4: their ablations. The offset scale (0.5) is a parameter of the code
+        ([4] offset_scale, [5] decoder_offset_scale), not a change the paper lists.
     [4] The official code: github.com/lyuwenyu/RT-DETR, folder rtdetrv2_pytorch/, at commit 068dfde. Its v2 model
         files compute what they computed at the release commit b8957b3 (the later commits change no number).
         Files: src/nn/backbone/presnet.py, src/zoo/rtdetr/{hybrid_encoder, rtdetrv2_decoder, utils}.py,
@@ -31,7 +36,8 @@ References. One list for the whole package: every module cites these numbers.
         arXiv 1812.01187v2. §4.2 and Fig. 2: ResNet-B, -C and -D, the "vd" backbone.
     [8] A. Vaswani et al., "Attention Is All You Need", arXiv 1706.03762v7. §3.2 attention, §3.5 sinusoidal
         position encoding.
-    [9] X. Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", arXiv 2101.03697v3.
+    [9] X. Ding et al., "RepVGG: Making VGG-style ConvNets Great Again", arXiv 2101.03697v3. §3.2 the 3x3 + 1x1
+        training-time branches; §3.3, Eq. (3) and Fig. 4 their re-parameterisation into one 3x3 convolution.
     [10] github.com/fundamentalvision/Deformable-DETR at commit 11169a6: models/ops/modules/ms_deform_attn.py,
         models/ops/functions/ms_deform_attn_func.py (the pure-PyTorch multi-scale deformable attention).
     [11] PyTorch 2.13 (docs.pytorch.org): the ops the primitives reproduce (conv2d, BatchNorm2d, grid_sample, ...).

@@ -6,7 +6,8 @@ which follows the original `RTDETRPostProcessor.forward` (lyuwenyu/RT-DETR `rtde
 rtdetr_postprocessor.py`, use_focal_loss=True branch):
     1. boxes cx, cy, w, h -> x1, y1, x2, y2 (`image_transforms.center_to_corners_format`), times (w, h, w, h) of the
        image; the reference does not clip boxes to the image, nor do we.
-    2. scores = sigmoid(logits) (focal-loss classification: one independent sigmoid per class, RT-DETR [1] §4.3).
+    2. scores = sigmoid(logits) (focal-loss classification: one independent sigmoid per class; RT-DETR [1]
+       Appendix Table A).
     3. top-k over all Nq * NC (query, class) pairs, k = Nq: flat index i -> label i % NC, query i // NC. One query can
        so appear several times, with different labels.
     4. keep score > threshold (strict: a score equal to the threshold is dropped).

@@ -166,7 +166,8 @@ def card(name, metrics, names):
         f"by visible area < 32², < 96², ≥ 96²) on the held-out generated set `make_scene({EVAL_SEED}, i)`, "
         f"i < {metrics['eval_count']} ({SIZE}×{SIZE}), computed with the package's NumPy model and evaluator "
         f"(`rtdetrv2_np.evaluate`, equal to pycocotools on recorded cases). Each model evaluated with both "
-        "sampling methods — RT-DETRv2's discrete-sampling ablation (arXiv 2407.17140v1) in miniature:",
+        "sampling methods — RT-DETRv2's discrete-sampling ablation (arXiv 2407.17140v1 §3.4, Table 4, where the "
+        "model is first fine-tuned with discrete sampling) in miniature:",
         "",
         table(metrics, "full", names),
         "",

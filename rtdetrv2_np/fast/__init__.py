@@ -46,8 +46,8 @@ benchmarks/benchmark.py measures the whole model on a quiet machine against PyTo
 References (besides the package's [1]-[11]):
     [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308.
     [CS] Chellapilla, Puri & Simard, High Performance Convolutional Neural Networks for Document Processing, 2006.
-    [RV] Ding et al., RepVGG: Making VGG-style ConvNets Great Again, arXiv 2101.03697, §3.4.
-    [IS] Ioffe & Szegedy, Batch Normalization, arXiv 1502.03167, §3.2.
+    [RV] Ding et al., RepVGG: Making VGG-style ConvNets Great Again, arXiv 2101.03697, §3.3.
+    [IS] Ioffe & Szegedy, Batch Normalization, arXiv 1502.03167, §3.1-3.2.
 """
 
 from .detector import FastModel, fast_model

@@ -2,8 +2,8 @@
 
 References
     [2] Zhu et al., Deformable DETR, arXiv 2010.04159, §4.1 Eq. (3): the multi-scale deformable attention sum.
-    [3] Lv et al., RT-DETRv2, arXiv 2407.17140, §3: per-level point counts, the discrete sampling operator.
-    [7] Vaswani et al., Attention Is All You Need, arXiv 1706.03762, §3.2.2: multi-head attention.
+    [3] Lv et al., RT-DETRv2, arXiv 2407.17140, §2.1: per-level point counts, the discrete sampling operator.
+    [8] Vaswani et al., Attention Is All You Need, arXiv 1706.03762, §3.2.2: multi-head attention.
     [11] torch.nn.functional.grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False).
 
 What each replaces, and how it differs:
@@ -104,7 +104,7 @@ def bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M):
 
 
 def discrete_texels(loc, spatial_shapes, n_points):
-    """(column, row) [B, Nq, M, K] int64 of the texel discrete sampling [3] §3 reads, every level at once.
+    """(column, row) [B, Nq, M, K] int64 of the texel discrete sampling [3] §2.1 reads, every level at once.
 
     The operations of model/deformable_attention.sample_discrete: trunc(loc * size + 0.5), then clamped.
     """

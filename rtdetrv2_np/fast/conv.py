@@ -3,8 +3,8 @@ filtering, everything else by im2col. Each replaces rtdetrv2_np.model.nn.conv2d 
 shift and the activation (model/nn.conv_bn); rtdetrv2_np.fast.prepare folds the weights and picks the kernel.
 
 References
-    [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308: §4 (minimal filtering
-         F(m, r) nested to 2-D, Eq. 8), §4.1 F(2x2, 3x3) and §4.2 F(4x4, 3x3) matrices, §5 (error grows with m).
+    [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308: minimal filtering
+         F(m, r) nested to 2-D, Y = A^T [(G g G^T) * (B^T d B)] A; the F(2x2, 3x3) and F(4x4, 3x3) matrices.
     [CS] Chellapilla, Puri & Simard, High Performance Convolutional Neural Networks for Document Processing,
          IWFHR 2006: convolution as "unfolding" (im2col) + one matrix product, as model/nn.conv2d computes it.
 
@@ -107,17 +107,17 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
 # ----------------------------------------------------------------------------------------------------------------
 #
 # One output tile Y [m, m] from the input tile d [a, a] (a = m + 2, overlapping by 2) and the kernel g [3, 3]:
-#     Y = A^T [ (G g G^T) * (B^T d B) ] A          ([LG] Eq. 8; * element-wise, a cross-correlation as in CNNs)
+#     Y = A^T [ (G g G^T) * (B^T d B) ] A          ([LG], nested form; * element-wise, a cross-correlation as in CNNs)
 # Summed over input channels, the element-wise product becomes, for each of the a*a positions (i, j), one matrix
 # product over channels:  M[ij] = U[ij] @ V[ij],  U[ij] [C_out, C_in] = (G g G^T)[i, j] of every kernel (computed
 # once at load: winograd_filter), V[ij] [C_in, tiles] = (B^T d B)[i, j] of every tile. Multiplications per output
 # pixel and channel pair: a^2 / m^2 instead of 9 (F(2,3): 4, F(4,3): 2.25).
-# Error ([LG] §5; measured in tests/test_fast.py against float64): F(2,3) is as accurate as the direct sum; F(4,3)
+# Error (measured in tests/test_fast.py against float64): F(2,3) is as accurate as the direct sum; F(4,3)
 # uses the points 0, +-1, +-2 and its transforms have coefficients up to 8 and 1/24, so rounding errors are ~8x
 # larger (rms ~2e-6 of the output's scale in float32).
 
 WINOGRAD = {
-    # m: (B^T [a, a], G [a, 3], A^T [m, a]) -- [LG] §4.1 (F(2x2, 3x3)) and §4.2 (F(4x4, 3x3))
+    # m: (B^T [a, a], G [a, 3], A^T [m, a]) -- [LG] F(2x2, 3x3) and F(4x4, 3x3)
     2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
         np.array([[1, 0, 0], [1 / 2, 1 / 2, 1 / 2], [1 / 2, -1 / 2, 1 / 2], [0, 0, 1]], np.float64),
         np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
@@ -186,7 +186,7 @@ def _lincomb(coeffs, terms, out):
 
 
 def conv_winograd(x, U, bias=None, m=2, act=None, residual=None, after=None, padding=1):
-    """Replaces model/nn.conv2d for a 3x3 kernel with stride 1 ([LG] §4). x [C_in, B, H, W], U [a*a, C_out, C_in]
+    """Replaces model/nn.conv2d for a 3x3 kernel with stride 1 ([LG]). x [C_in, B, H, W], U [a*a, C_out, C_in]
     from winograd_filter, bias [C_out] -> [C_out, B, Ho, Wo], Ho = H + 2*padding - 2 (a = m + 2).
 
     Phase planes. Tile (t, u) covers padded rows m*t .. m*t + a-1 and columns m*u .. m*u + a-1, so its entry

@@ -156,7 +156,7 @@ def hybrid_encoder(features, plan, cfg, cache, trace=None):
         maps[level] = np.ascontiguousarray(tokens.transpose(2, 0, 1)).reshape(C, B, H, W)   # [C, B, H, W]
         if trace is not None:
             trace["encoder.aifi"] = maps[level].transpose(1, 0, 2, 3)
-    # CCFM ([1] Fig. 4), as model/hybrid_encoder.ccfm
+    # CCFM (CCFF in [1] v3: §4.2, Fig. 5), as model/hybrid_encoder.ccfm
     n = len(maps)
     inner = [maps[-1]]
     for i in range(n - 1):

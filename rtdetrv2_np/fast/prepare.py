@@ -1,17 +1,17 @@
 """Load-time work of the fast path: every weight the fast forward reads, derived once from the params tree.
 
 References
-    [RV] Ding et al., RepVGG: Making VGG-style ConvNets Great Again, arXiv 2101.03697, §3.4 "Re-param for
-         Inference-time Model": a BN-folded 3x3 branch plus a BN-folded 1x1 branch is one 3x3 convolution whose
-         kernel is the sum, the 1x1 kernel placed at the centre. The official RT-DETR code does the same in its
-         deploy mode ([4] hybrid_encoder.py `RepVggBlock.convert_to_deploy`).
-    [IS] Ioffe & Szegedy, Batch Normalization, arXiv 1502.03167, §3.2 (at inference BN is a fixed affine map per
-         channel, so it folds into the preceding linear layer).
+    [RV] Ding et al., RepVGG: Making VGG-style ConvNets Great Again, arXiv 2101.03697, §3.3 "Re-param for
+         Plain Inference-time Model", Eq. (3) and Fig. 4: a BN-folded 3x3 branch plus a BN-folded 1x1 branch is
+         one 3x3 convolution whose kernel is the sum, the 1x1 kernel placed at the centre. The official RT-DETR
+         code does the same in its deploy mode ([4] hybrid_encoder.py `RepVggBlock.convert_to_deploy`).
+    [IS] Ioffe & Szegedy, Batch Normalization, arXiv 1502.03167, §3.1 (at inference BN is a fixed affine map) and
+         §3.2 (one per channel of a convolution), so it folds into the preceding linear layer.
     [LG] Lavin & Gray, arXiv 1509.09308 (Winograd filter transform G g G^T, computed here once per kernel).
 
 What is derived (each item names the reference computation it replaces):
     conv + BatchNorm -> folded weight and bias       model/nn.conv_bn folds on every call; here once ([IS])
-    RepVGG block (3x3 + 1x1, both BN) -> one 3x3    model/hybrid_encoder.rep_vgg_block ([RV] §3.4)
+    RepVGG block (3x3 + 1x1, both BN) -> one 3x3    model/hybrid_encoder.rep_vgg_block ([RV] §3.3)
     CSP conv1 and conv2 (two 1x1 on one input)      model/hybrid_encoder.csp_rep_layer: stacked into one GEMM;
       -> one [2C', 2C] matrix, split by input part    the FPN half that sees the upsampled map is applied before
                                                       the 2x upsampling (a 1x1 convolution commutes with it)
@@ -36,7 +36,7 @@ from .conv import winograd_filter
 # Winograd for 3x3 stride-1 convolutions with min(C_in, C_out) >= this (see the module docstring).
 WINOGRAD_MIN_CHANNELS = 128
 # Output tile size m of F(m x m, 3 x 3): 2 (as accurate as the direct sum) or 4 (fewer multiplications, ~8x the
-# rounding error and 2.25x the filter memory of the original kernel; [LG] §5).
+# rounding error and 2.25x the filter memory of the original kernel; measured in tests/test_fast.py).
 WINOGRAD_TILE = 2
 
 
@@ -82,7 +82,7 @@ def conv_norm_spec(p, stride=1, act=None, eps=1e-5):
 
 
 def rep_vgg_spec(p, act, eps):
-    """model/hybrid_encoder.rep_vgg_block as ONE 3x3 convolution ([RV] §3.4): W3 + pad(W1), b3 + b1."""
+    """model/hybrid_encoder.rep_vgg_block as ONE 3x3 convolution ([RV] §3.3): W3 + pad(W1), b3 + b1."""
     w3, b3 = fold(p["conv1"]["conv"]["weight"], p["conv1"]["norm"], eps)          # [C', C', 3, 3]
     w1, b1 = fold(p["conv2"]["conv"]["weight"], p["conv2"]["norm"], eps)          # [C', C', 1, 1]
     w = w3.copy()

@@ -151,7 +151,7 @@ BACKBONE_FIELDS = ("layer_type", "depths", "hidden_sizes", "embedding_size", "ou
 MODEL_TYPES = {1: "rt_detr", 2: "rt_detr_v2"}                                   # config.json's model_type
 ARCHITECTURES = {1: "RTDetrForObjectDetection", 2: "RTDetrV2ForObjectDetection"}
 V1_DISCRETE = ("method 'discrete' is not available for an RT-DETR v1 checkpoint (model_type 'rt_detr'): v1 samples "
-               "bilinearly only; discrete sampling is an RT-DETRv2 operator ([3] §3)")
+               "bilinearly only; discrete sampling is an RT-DETRv2 operator ([3] §2.1)")
 
 
 def _jsonable(v):

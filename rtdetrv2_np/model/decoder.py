@@ -5,7 +5,7 @@ Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which al
     [1] §4.1: the Transformer decoder with auxiliary prediction heads.
     [2] §4.1 Eq. (3): the deformable cross-attention (deformable_attention.py); §4.2 and App. A.4, iterative
         bounding box refinement: b_i = sigmoid(Delta_i + sigmoid^-1(b_{i-1})).
-    [3] §3: distinct points per level, discrete sampling.
+    [3] §2.1: distinct points per level, discrete sampling.
     [4] rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py (`TransformerDecoderLayer`, `TransformerDecoder`,
         `RTDETRTransformerv2`): the official counterpart.
     [5] models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2DecoderLayer`, `RTDetrV2Decoder`), whose parameter

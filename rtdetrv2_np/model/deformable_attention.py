@@ -6,7 +6,7 @@ itself predicts where those points are (offsets around its reference box) and ho
 
 Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
     [2] Deformable DETR, §4.1: Eq. (2) (deformable attention) and Eq. (3) (its multi-scale form), computed here.
-    [3] RT-DETRv2, §3: a distinct number of sampling points per level; the discrete sampling operator.
+    [3] RT-DETRv2, §2.1: a distinct number of sampling points per level; the discrete sampling operator.
     [4] rtdetrv2_pytorch/src/zoo/rtdetr/rtdetrv2_decoder.py `MSDeformableAttention` (the module) and utils.py
         `deformable_attention_core_func_v2` (the sampling and the weighted sum): this file's counterpart.
     [5] models/rt_detr_v2/modeling_rt_detr_v2.py `RTDetrV2MultiscaleDeformableAttention` and
@@ -175,7 +175,7 @@ def bilinear_at(value_l, x, y):
 
 
 def discrete_texel(x, y, H, W):
-    """(column, row) of the one texel discrete sampling [3] §3 reads at the normalised location (x, y).
+    """(column, row) of the one texel discrete sampling [3] §2.1 reads at the normalised location (x, y).
 
     column = trunc(x * W + 0.5), row = trunc(y * H + 0.5): int() truncates toward zero like torch's .to(int64) in
     [4], so this rounds halves up for coordinates >= 0, and any value in (-1, 0) becomes 0. Then the column is
@@ -188,7 +188,7 @@ def discrete_texel(x, y, H, W):
 
 
 def discrete_at(value_l, x, y):
-    """x_l(loc) at one location by RT-DETRv2's discrete sampling [3] §3: the texel of discrete_texel, as is.
+    """x_l(loc) at one location by RT-DETRv2's discrete sampling [3] §2.1: the texel of discrete_texel, as is.
 
     value_l [H_l, W_l, D]; x, y: the normalised location, scalars of the data's dtype -> [D].
     """
@@ -357,7 +357,7 @@ def multiscale_deformable_attention(params, query, reference_boxes, value_input,
     weights = softmax(logits, axis=-1)                   # A_mlqk: one softmax over all levels x points of a head
     if version == 1:                                     # RT-DETR v1: one K_l for all levels, the literal 0.5
         if method != "bilinear":
-            raise ValueError("RT-DETR v1 samples bilinearly only; discrete sampling is RT-DETRv2's ([3] §3)")
+            raise ValueError("RT-DETR v1 samples bilinearly only; discrete sampling is RT-DETRv2's ([3] §2.1)")
         loc = sampling_locations_v1(reference_boxes, offsets, n_points)               # [B, Nq, M, K, 2]
     else:
         loc = sampling_locations(reference_boxes, offsets, n_points, offset_scale,

@@ -1,14 +1,15 @@
 """The efficient hybrid encoder of RT-DETR ([1] §4.2): AIFI on the stride-32 map, then CCFF fusion.
 
 Sources (numbered as in the package docstring, rtdetrv2_np/__init__.py, which also defines the shape letters):
-    [1] §4.2 "Efficient Hybrid Encoder": Eq. (1) (AIFI, then CCFF), the figure of the fusion block. [1] v3 calls
-        the fusion CCFF, v1 CCFM; the code of [4] and [5] has no name for it (lateral/fpn/downsample/pan layers).
+    [1] §4.2 "Efficient Hybrid Encoder": Eq. (1) (AIFI, then CCFF), Fig. 5 the fusion block. [1] v3 calls the
+        fusion CCFF, v1 and v2 CCFM, the name this file keeps (ccfm); the code of [4] and [5] has no name for it
+        (lateral/fpn/downsample/pan layers).
     [4] rtdetrv2_pytorch/src/zoo/rtdetr/hybrid_encoder.py (`HybridEncoder`, `CSPRepLayer`, `RepVggBlock`,
         `TransformerEncoderLayer`, `build_2d_sincos_position_embedding`): the official counterpart.
     [5] models/rt_detr_v2/modeling_rt_detr_v2.py (`RTDetrV2HybridEncoder`, `RTDetrV2AIFILayer`,
         `RTDetrV2CSPRepLayer`, `build_2d_sinusoidal_position_embedding`), whose parameter names we keep.
     [8] the encoder layer (§3.1) and the sinusoidal position encoding (§3.5).
-    [9] RepVGG: a 3x3 and a 1x1 branch, summed.
+    [9] RepVGG §3.2: a 3x3 and a 1x1 branch, summed (the identity branch of RepVGG is not used here).
 
 Data flow ([1] Eq. (1)):
     P3, P4, P5 = input_proj(S3, S4, S5)               1x1 conv + BN each, to C channels
@@ -77,7 +78,7 @@ def aifi(x, p, cfg):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# CCFF: CNN-based cross-scale feature fusion ([1] §4.2 and its figure of the fusion block)
+# CCFF (CCFM in [1] v1-v2): CNN-based cross-scale feature fusion ([1] §4.2; Fig. 5 the fusion block)
 # ----------------------------------------------------------------------------------------------------------------
 
 def rep_vgg_block(x, p, act, eps=1e-5):

@@ -1,14 +1,19 @@
 """The teaching notebooks in walkthrough/: each runs top to bottom, and each committed .ipynb matches its .py.
 
-The .py files (jupytext percent format) are the source; the .ipynb files are what a reader opens, committed without
-outputs and regenerated with `jupytext --sync walkthrough/*.py` (walkthrough/README.md). A notebook is executed
+The .py files (jupytext percent format) are the source; the .ipynb files are what a reader opens, committed WITH
+their outputs (figures, printed numbers) made by `python tools/build_walkthrough.py` from the shipped demo model.
+A committed notebook must have the cells of its .py (sources compared; outputs allowed), and the stamp its first
+code cell printed (`plotting.weights_stamp()`: "sha256 <hex>") must be the SHA-256 of the demo weights shipped
+now, so that outputs made with older weights fail as stale. A notebook is executed
 with nbclient in a kernel running this interpreter, from a temporary working directory (the notebooks must find
 their data relative to the package), with HF_HUB_OFFLINE=1 (they must never download). Each must finish within
 NOTEBOOK_BUDGET_S seconds (default 60; set RTDETRV2_NOTEBOOK_BUDGET to change it on a slow machine); the time is
 printed (pytest -s shows it).
 """
 
+import hashlib
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -23,10 +28,13 @@ pytest.importorskip("ipykernel")
 WALKTHROUGH = Path(__file__).resolve().parents[1] / "walkthrough"
 NOTEBOOKS = sorted(WALKTHROUGH.glob("[0-9][0-9]_*.py"))
 NOTEBOOK_BUDGET_S = float(os.environ.get("RTDETRV2_NOTEBOOK_BUDGET", "60"))
+DEMO_WEIGHTS = Path(__file__).resolve().parents[1] / "rtdetrv2_np" / "demo" / "models" / "shapes_bilinear" / \
+    "model.safetensors"
+STALE = "outputs are stale: run python tools/build_walkthrough.py"
 
 
 def test_there_are_notebooks():
-    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06"]
+    assert [p.name[:2] for p in NOTEBOOKS] == ["00", "01", "02", "03", "04", "05", "06", "07"]
 
 
 def cells(nb):
@@ -35,18 +43,42 @@ def cells(nb):
 
 @pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
 def test_ipynb_matches_py(py):
-    """The committed .ipynb is the jupytext conversion of the .py: same cells, same sources, no outputs."""
+    """The committed .ipynb has the cells of the .py (same types, same sources; outputs allowed)."""
     ipynb = py.with_suffix(".ipynb")
-    assert ipynb.exists(), f"{ipynb.name} missing: run `jupytext --sync walkthrough/*.py` (walkthrough/README.md)"
+    assert ipynb.exists(), f"{ipynb.name} missing: {STALE}"
     committed = nbformat.read(ipynb, as_version=4)
     nbformat.validate(committed)
     expected = jupytext.read(py)
-    assert cells(committed) == cells(expected), (
-        f"{ipynb.name} differs from {py.name}: regenerate it with `jupytext --sync walkthrough/*.py`")
-    for c in committed.cells:
-        if c.cell_type == "code":
-            assert c.outputs == [] and c.execution_count is None, f"{ipynb.name} was committed with outputs"
+    assert cells(committed) == cells(expected), f"{ipynb.name} differs from {py.name}: {STALE}"
     assert committed.metadata.get("kernelspec", {}).get("name") == "python3"
+
+
+def text_of(outputs):
+    """The printed text of a code cell's outputs (stream and text/plain)."""
+    parts = []
+    for o in outputs:
+        if o.output_type == "stream":
+            parts.append(o.text)
+        elif o.output_type in ("execute_result", "display_data"):
+            parts.append(o.get("data", {}).get("text/plain", ""))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_are_current(py):
+    """The committed outputs were made with the demo weights shipped now: the first code cell's stamp
+    (plotting.weights_stamp: "sha256 <hex>") equals the SHA-256 of rtdetrv2_np/demo/models/shapes_bilinear/
+    model.safetensors, and every code cell was executed without an error."""
+    committed = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    code = [c for c in committed.cells if c.cell_type == "code"]
+    assert code and all(c.execution_count is not None for c in code), f"{py.stem}.ipynb has unexecuted cells: {STALE}"
+    errors = [o for c in code for o in c.outputs if o.output_type == "error"]
+    assert not errors, f"{py.stem}.ipynb was committed with an error output: {STALE}"
+    stamp = re.search(r"sha256 ([0-9a-f]{64})", text_of(code[0].outputs))
+    assert stamp, f"{py.stem}: the first code cell must print plotting.weights_stamp() (sha256 <hex>)"
+    shipped = hashlib.sha256(DEMO_WEIGHTS.read_bytes()).hexdigest()
+    assert stamp.group(1) == shipped, f"{py.stem}.ipynb: {STALE} (made with {stamp.group(1)[:12]}, shipped " \
+                                      f"{shipped[:12]})"
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +98,7 @@ def test_notebook_runs(py, kernel_specs, tmp_path, monkeypatch):
     from jupyter_client.manager import KernelManager
     from nbclient.exceptions import CellExecutionError
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")            # inherited by the kernel: no downloads
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))   # and no cached checkpoint either
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     nb = jupytext.read(py)
     km = KernelManager(kernel_name="this-python", kernel_spec_manager=kernel_specs)

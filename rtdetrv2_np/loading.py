@@ -20,8 +20,9 @@ that names it.
 import json
 import os
 import re
-
 from dataclasses import replace
+
+import numpy as np
 
 from .errors import RTDetrError
 from .model import Model
@@ -30,7 +31,7 @@ from .weights import CONFIG_METADATA_KEY, check_and_clean, params_tree, parse_co
 HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-def load_model(source, method=None, revision="main", progress=None, fast=False, offline=None):
+def load_model(source, method=None, revision="main", progress=None, fast=False, offline=None, dtype=np.float32):
     """A Model from a hub id, a hub-layout directory, a converted .safetensors or an official .pth file (see the
     module docstring).
 
@@ -40,8 +41,16 @@ def load_model(source, method=None, revision="main", progress=None, fast=False, 
     rounding) from fast kernels; its weights are prepared on the first call.
     offline: True looks a hub id up in the cache only (as HF_HUB_OFFLINE=1, without touching the environment);
     None follows HF_HUB_OFFLINE.
+    dtype: np.float64 computes the reference path in float64 (the weights widened once), to measure the float32
+    paths' rounding error; the fast path is float32 only.
     """
+    if np.dtype(dtype) not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be np.float32 or np.float64, not {dtype!r}")
+    if fast and np.dtype(dtype) != np.float32:
+        raise ValueError("the fast path computes in float32 only; use fast=False for float64")
     model = _load_model(source, method, revision, progress, offline)
+    if np.dtype(dtype) == np.float64:
+        model = model.astype(np.float64)
     if fast:
         from .fast import fast_model
         return fast_model(model)

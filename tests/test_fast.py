@@ -32,13 +32,14 @@ from numpy.lib.stride_tricks import sliding_window_view
 from test_config import RECORDED, end_to_end, recorded_case
 from test_deformable_attention import N_POINTS, SHAPES, random_inputs
 from test_model import (FIXTURES, STAGE_CASES, STAGE_RTOL, case_model, check_all_stages, check_every_stage,
-                        load_case, params_astype, pixel_values, query_permutation, reorder)
+                        load_case, pixel_values, query_permutation, reorder)
 
 import rtdetrv2_np.fast.attention as fattn
 import rtdetrv2_np.fast.conv as fconv
 import rtdetrv2_np.fast.ops as fops
 import rtdetrv2_np.fast.prepare as fprep
-from rtdetrv2_np import Model, build_model, load_model
+from rtdetrv2_np.model.detector import params_astype
+from rtdetrv2_np import build_model, load_model
 from rtdetrv2_np.fast import FastModel, fast_model
 from rtdetrv2_np.fast.detector import csp, max_pool_3x3_s2, residual_block
 from rtdetrv2_np.model import deformable_attention as msda
@@ -513,7 +514,7 @@ def test_float32_error_against_float64_reference(name, plan, monkeypatch):
     meta, ref = load_case(name)
     model = case_model(name, meta)
     x = pixel_values(meta, ref)
-    s64 = Model(model.config, params_astype(model.params, f64)).trace(x.astype(f64))
+    s64 = model.astype(f64).trace(x.astype(f64))
     s32 = model.trace(x)
     fast = fast_model(model).trace(x)
     assert np.array_equal(fast["topk_index"], s64["topk_index"])

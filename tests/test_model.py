@@ -33,7 +33,7 @@ from helpers import assert_close
 from PIL import Image
 
 import rtdetrv2_np.model.deformable_attention as msda
-from rtdetrv2_np import Model, build_model, load_model
+from rtdetrv2_np import build_model, load_model
 from rtdetrv2_np.model.config import config_from_dict
 from rtdetrv2_np.random_weights import random_params
 from rtdetrv2_np.weights import expected_shapes
@@ -311,15 +311,6 @@ def test_public_interface_types_and_batch_independence():
 F32_VS_F64_RTOL = 1e-5
 
 
-def params_astype(tree, dtype):
-    """The params tree with every floating-point array cast to dtype."""
-    if isinstance(tree, dict):
-        return {k: params_astype(v, dtype) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [params_astype(v, dtype) for v in tree]
-    return tree if tree is None or tree.dtype.kind != "f" else tree.astype(dtype)
-
-
 @pytest.mark.parametrize("name", ["tiny_basic", "tiny_basic_discrete", "tiny_bottleneck"])
 def test_float64_stays_float64_and_agrees_with_float32(name):
     """float64 weights and pixels give float64 in every stage: every constant takes the dtype of the data it meets
@@ -327,7 +318,7 @@ def test_float64_stays_float64_and_agrees_with_float32(name):
     meta, ref = load_case(name)
     model = case_model(name, meta)
     x = pixel_values(meta, ref)
-    model64 = Model(model.config, params_astype(model.params, np.float64))
+    model64 = model.astype(np.float64)
     out = model64(x.astype(np.float64))
     assert out.logits.dtype == np.float64 and out.pred_boxes.dtype == np.float64
     stages64 = model64.trace(x.astype(np.float64))

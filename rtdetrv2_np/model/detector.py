@@ -16,7 +16,7 @@ denoising queries, the RepVGG re-parameterisation of the deploy/ONNX export (equ
     stages = model.trace(pixel_values)               # every intermediate, by name (see `forward`)
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -89,6 +89,14 @@ class Model:
         forward(self.params, self.config, _check_pixels(pixel_values), trace=stages)
         return stages
 
+    def astype(self, dtype):
+        """The same model computing in dtype: np.float32 (as the checkpoints) or np.float64 (to measure rounding error:
+        every stage then runs in float64, since every primitive keeps the dtype it is given)."""
+        dtype = np.dtype(dtype)
+        if dtype not in (np.float32, np.float64):
+            raise ValueError(f"a Model computes in float32 or float64, not {dtype}")
+        return replace(self, params=params_astype(self.params, dtype))
+
     @property
     def method(self):
         return self.config.method
@@ -96,6 +104,15 @@ class Model:
     @property
     def id2label(self):
         return self.config.label_names
+
+
+def params_astype(tree, dtype):
+    """The params tree with every floating-point array cast to dtype (other leaves and None kept)."""
+    if isinstance(tree, dict):
+        return {k: params_astype(v, dtype) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [params_astype(v, dtype) for v in tree]
+    return tree if tree is None or tree.dtype.kind != "f" else tree.astype(dtype)
 
 
 def _check_pixels(x):

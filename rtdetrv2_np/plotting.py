@@ -662,12 +662,16 @@ def plot_anchors(spatial_shapes, image=None, title=None, panel=3.4):
         if img is not None:
             ax.imshow(img, alpha=0.45, extent=(0, W, H, 0))
         ax.add_patch(Rectangle((0, 0), W, H, fill=False, edgecolor="black", linewidth=1.0))
+        overlay = np.zeros((h, w, 4))                                                  # [H_l, W_l, RGBA]
+        overlay[~v] = (0.84, 0.15, 0.16, 0.75)                                         # invalid cells: red
+        ax.imshow(overlay, extent=(0, W, H, 0), interpolation="nearest", zorder=2)
         for yy, xx in zip(*np.nonzero(~v)):
-            ax.add_patch(Rectangle((xx * W / w, yy * H / h), W / w, H / h, fill=False, hatch="xxx",
-                                   edgecolor="#d62728", linewidth=0))
-        yy, xx = np.mgrid[0:h, 0:w]
-        ax.scatter((xx.ravel() + 0.5) * W / w, (yy.ravel() + 0.5) * H / h, s=max(1.0, 60.0 / max(h, w)),
-                   color=np.where(v.ravel()[:, None], [[0.1, 0.1, 0.1]], [[0.84, 0.15, 0.16]]), zorder=3)
+            ax.add_patch(Rectangle((xx * W / w, yy * H / h), W / w, H / h, fill=False, hatch="///",
+                                   edgecolor="white", linewidth=0, zorder=2))
+        if h * w <= 1024:                                                              # centres, where legible
+            yy, xx = np.mgrid[0:h, 0:w]
+            ax.scatter((xx.ravel() + 0.5) * W / w, (yy.ravel() + 0.5) * H / h, s=max(1.0, 60.0 / max(h, w)),
+                       color="black", zorder=3)
         step = max(1, int(np.ceil(side * w)))                                          # positions per anchor side
         for y in range(step // 2, h, step):
             for x in range(step // 2, w, step):

@@ -182,6 +182,8 @@ def main():
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--lr-drop-at", type=int, default=None, help="multiply the learning rate by 0.1 from this step")
     p.add_argument("--warmup", type=int, default=300)
+    p.add_argument("--ema-decay", type=float, default=EMA_DECAY,
+                   help="EMA decay (a shorter average, e.g. 0.998, lets the EMA follow a learning-rate drop)")
     p.add_argument("--seed", type=int, default=0, help="training scene stream and weight initialisation")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--log-every", type=int, default=20)
@@ -248,7 +250,7 @@ def main():
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
         opt.step()
         with torch.no_grad():
-            d = EMA_DECAY * (1 - math.exp(-(s + 1) / EMA_WARMUP))
+            d = a.ema_decay * (1 - math.exp(-(s + 1) / EMA_WARMUP))
             for e, m in zip(ema.state_dict().values(), model.state_dict().values()):
                 if e.dtype.is_floating_point:
                     e.mul_(d).add_(m.detach(), alpha=1 - d)

@@ -400,8 +400,9 @@ for d in range(1, cfg.decoder_layers + 1):
 #
 # 1. How many of the Nq selected queries come from each level, for held-out scenes 0 and 1? Which scene has more
 #    small objects, and does its level-0 count reflect it?
-# 2. Replace the top-Nq selection by Nq random valid positions (seed 0) on scene 0 and run the decoder. How many
-#    ground-truth objects does some final box find with IoU ≥ 0.5, compared with the real selection?
+# 2. Replace the top-Nq selection by Nq random valid positions (seed 0) on scenes 0-7 and run the decoder. How many
+#    ground-truth objects does some final box find with IoU ≥ 0.5, compared with the real selection? (This tests
+#    selection from the image at all, not the IoU-aware score: [1] §5.3 compares the two kinds of score.)
 # 3. Skip the self-attention in every decoder layer (x unchanged) on scenes 0-7 and count the near-duplicate pairs
 #    (IoU > 0.7, same label, both scores > 0.3) among the final detections, against the intact model.
 # 4. For the best query of scene 0, print the class probabilities of every decoder layer: from which layer on is

@@ -69,14 +69,15 @@ import PIL.Image
 from scipy.optimize import linear_sum_assignment
 
 import rtdetrv2_np
-from rtdetrv2_np import evaluate, matching
+from rtdetrv2_np import evaluate, matching, plotting
 from rtdetrv2_np.demo.shapes import CLASSES, EVAL_SEED, SIZE, coco_instances, make_scene
 from rtdetrv2_np.postprocess import post_process_object_detection
 from rtdetrv2_np.preprocess import preprocess
 
 T0 = time.time()
-model = rtdetrv2_np.load_model("demo")
-print("weights:", model.source, "|", model.config.num_queries, "queries,", model.config.num_labels, "classes")
+model = rtdetrv2_np.load_model("demo")                   # shipped with the package: no download
+print(plotting.weights_stamp(model))
+print(model.config.num_queries, "queries,", model.config.num_labels, "classes:", ", ".join(CLASSES))
 
 
 def check(name, mine, package, atol=0.0):
@@ -247,8 +248,8 @@ plt.show()
 # Nothing in inference removes a second box on the same object: `post_process_object_detection` only ranks and
 # thresholds. So if a model does put two confident queries on one object, both are reported. The one-to-one matching
 # makes that costly *in training* (one of the two is always a false positive in the loss), and a well-trained DETR
-# rarely does it; DETR [2] §4.2 (decoder-layer ablation) reports that NMS helps the output of its first decoder layer
-# and no longer helps at the last. How well a given model has learned it is a measurement, so we measure: the
+# rarely does it: DETR [2] §4.2 (the ablation of decoder layers, Fig. 4) reports that NMS helps the output of its
+# first decoder layer, which cannot yet see the other queries, and no longer helps at the last. How well a given model has learned it is a measurement, so we measure: the
 # detections above 0.5 per scene, and how many are **near-duplicates** — IoU > 0.7 with a higher-scored detection
 # of the same class.
 
@@ -515,7 +516,9 @@ check("GIoU is scale-invariant (boxes x 7)", scaled, pkg_giou, atol=1e-15)
 
 # %% [markdown]
 # Slide a 2 × 2 box along x past a fixed 2 × 2 target: IoU is flat at 0 whenever they are apart, GIoU keeps
-# rising toward the target. Its slope (a central difference, printed) is what a gradient step would follow.
+# rising toward the target. Its slope (a central difference, printed) is what a gradient step would follow. (While
+# they overlap the two curves coincide: with equal heights and no vertical offset the enclosing box *is* the union.
+# The "corner overlap" pair above shows GIoU below IoU for overlapping boxes.)
 
 # %%
 target = np.array([[0.0, 0.0, 2.0, 2.0]])

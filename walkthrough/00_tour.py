@@ -104,25 +104,13 @@ print(len(detections["scores"]), "detections with score > 0.5;", len(objects), "
 # highest-scoring detections claim objects first:
 
 # %%
-from rtdetrv2_np.evaluate import box_iou
+from rtdetrv2_np.detect import match_to_truth      # the rule `python -m rtdetrv2_np.detect --demo` prints with
 
-
-def found(detections, objects, iou_min=0.5):
-    """Greedy COCO-style matching at one IoU: (objects found, detections that matched nothing)."""
-    to_xywh = lambda b: np.stack([b[:, 0], b[:, 1], b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], axis=1)
-    gt = np.array([o["box"] for o in objects], np.float64).reshape(-1, 4)
-    iou = box_iou(to_xywh(np.asarray(detections["boxes"], np.float64)), to_xywh(gt), np.zeros(len(gt), bool))
-    taken, unmatched = np.zeros(len(gt), bool), 0
-    for d in np.argsort(-np.asarray(detections["scores"]), kind="stable"):
-        ok = (iou[d] >= iou_min) & ~taken & (np.array([o["label"] for o in objects]) == int(detections["labels"][d]))
-        if ok.any():
-            taken[np.argmax(np.where(ok, iou[d], -1))] = True
-        else:
-            unmatched += 1
-    return int(taken.sum()), unmatched
-
-
-n_found, n_extra = found(detections, objects)
+matched, extra = match_to_truth(objects, detections)   # [(detection index or None, IoU) per object], [unmatched]
+for o, (d, iou) in zip(objects, matched):
+    print(f"{o['name']:8s} box {[round(v) for v in o['box']]}: " + (f"found by detection {d} (IoU {iou:.2f})"
+                                                                      if d is not None else "missed"))
+n_found, n_extra = sum(d is not None for d, _ in matched), len(extra)
 print(f"found {n_found} of {len(objects)} objects; {n_extra} of {len(detections['scores'])} detections match no object")
 
 # %%

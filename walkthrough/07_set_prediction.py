@@ -31,8 +31,8 @@
 #
 # **Paper references.**
 # [1] Zhao et al., *DETRs Beat YOLOs on Real-time Object Detection* (RT-DETR), arXiv 2304.08069v3: §1 and §3.1
-# (what NMS costs a detector that needs it), §4.3 (uncertainty-minimal query selection: the class score is trained
-# toward the IoU, with a varifocal loss).
+# (what NMS costs a detector that needs it), §4.3 (uncertainty-minimal query selection: the loss ties a query's
+# class score to the IoU of its box; the code does it with a varifocal loss).
 # [2] Carion et al., *End-to-End Object Detection with Transformers* (DETR), arXiv 2005.12872v3: **§3.1** (the
 # object detection set prediction loss: the optimal assignment, Eq. 1, found with the Hungarian algorithm; the
 # Hungarian loss, Eq. 2; the box loss, L1 + generalized IoU).
@@ -109,8 +109,8 @@ print(f"{N_SCENES} scenes, {sum(len(obj) for _, obj in scenes)} objects; logits 
 # is given to one query only, a second query that also covers it is a false positive in the loss: the loss itself
 # is what teaches the queries not to duplicate each other. The decoder's self-attention is the channel through which
 # they can coordinate (who claims which object), but without the one-to-one matching nothing would ask them to.
-# RT-DETR keeps this training and so, like every DETR, runs without NMS ([1] §1, §3.1 measure what NMS costs the
-# detectors that need it).
+# RT-DETR is trained this way and so runs without NMS ([1] §1, §3.1 measure what NMS costs the detectors that need
+# it).
 #
 # ### 1.1 The assignment problem, small
 #
@@ -214,7 +214,10 @@ plt.show()
 # The varifocal loss of RT-DETR ([1] §4.3; transformers' `loss_labels_vfl`) sets the target of a matched query's
 # class score to the IoU of its box with its object, and the target of every class score of an unmatched query to 0.
 # If training has worked, the scores should separate: high for the queries the matching picks, low for the others.
-# We match every scene and collect each query's best class score.
+# We match every scene and collect each query's best class score. (In training, transformers'
+# `RTDetrForObjectDetectionLoss` runs this matching separately on the last decoder layer's output, on each earlier
+# layer's, and on the encoder's top-k proposals; the denoising queries are not matched: each is built from a known
+# object and keeps it.)
 
 # %%
 matched_scores, unmatched_scores = [], []
@@ -248,10 +251,11 @@ plt.show()
 # Nothing in inference removes a second box on the same object: `post_process_object_detection` only ranks and
 # thresholds. So if a model does put two confident queries on one object, both are reported. The one-to-one matching
 # makes that costly *in training* (one of the two is always a false positive in the loss), and a well-trained DETR
-# rarely does it: DETR [2] §4.2 (the ablation of decoder layers, Fig. 4) reports that NMS helps the output of its
-# first decoder layer, which cannot yet see the other queries, and no longer helps at the last. How well a given model has learned it is a measurement, so we measure: the
-# detections above 0.5 per scene, and how many are **near-duplicates** — IoU > 0.7 with a higher-scored detection
-# of the same class.
+# rarely does it: DETR [2] §4.2 (the ablation of decoder layers, Fig. 4) reports that NMS improves the predictions of
+# its first decoder layer and stops helping by the last, the later layers' self-attention letting the queries
+# suppress duplicates that the loss penalises. How well a given model has learned it is a measurement, so we
+# measure: the detections above 0.5 per scene, and how many are **near-duplicates** — IoU > 0.7 with a higher-scored
+# detection of the same class.
 
 # %%
 def duplicates(det, iou_min=0.7):
@@ -273,10 +277,10 @@ print(f"in all: {n_dets.sum()} detections above 0.5, {n_dups.sum()} near-duplica
 
 # %% [markdown]
 # Read the printed share of near-duplicates as a measure of how far this model's training has come, not as a
-# property of DETRs: each duplicate is a query that the matching would leave unmatched (only one query can take the
-# object) and the loss would push toward "no object". A longer-trained model makes fewer; NMS would hide them at
-# the price NMS always has (a threshold to tune, and real neighbours of the same class suppressed). Exercise 1
-# measures what NMS would do to this model's AP.
+# property of DETRs: of two near-duplicates on one object at most one can be matched to it, and the other is pushed
+# toward "no object" at every training step that sees such a scene. NMS would hide them at the price NMS always has
+# (a threshold to tune, and real neighbours of the same class suppressed). Exercise 1 measures what NMS would do to
+# this model's AP.
 #
 # ## 2. Average precision, the COCO way
 #
@@ -293,7 +297,9 @@ print(f"in all: {n_dets.sum()} detections above 0.5, {n_dups.sum()} near-duplica
 #    their mean is the AP at t.
 # 5. AP50 is that at t = 0.5; **AP** is the mean over t = 0.50, 0.55, …, 0.95; both then averaged over classes.
 #    AP_S / AP_M / AP_L repeat it with only the objects of area < 32², 32²–96², > 96² counted (the others, and
-#    unmatched detections of an area outside the range, are ignored rather than counted).
+#    unmatched detections of an area outside the range, are ignored rather than counted). An object's area is the
+#    annotation's `area` field — here, as in COCO, its *visible* area, not its box's w·h (`shapes.py`); a
+#    detection's is its box's w·h.
 #
 # ### 2.1 Small first: one image, four detections, three objects
 
@@ -556,7 +562,7 @@ for x in (-4.0, -2.5, 3.0, 5.0):
 # * NMS-free is not duplicate-free: near-duplicates that a model still makes are reported as they are. How many is a
 #   property of the trained weights, measured above (section 1.4).
 # * COCO AP scores a ranking: greedy matching by score at each IoU threshold, precision made non-increasing, read
-#   at 101 recall levels, averaged over 10 thresholds and the classes. Thresholding the list first can only lower it.
+#   at 101 recall levels, averaged over 10 thresholds and the classes. Thresholding the list first never raises it.
 # * GIoU = IoU − (empty share of the enclosing box): equal to IoU for nested boxes, negative and still informative
 #   for disjoint ones, scale-invariant.
 #

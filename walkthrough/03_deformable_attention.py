@@ -97,11 +97,11 @@ def scene(index):
 # ## Why deformable attention
 #
 # In DETR every object query attends to every token of the encoder memory: 300 queries × 8400 tokens × 8 heads
-# for RT-DETR r18vd at 640×640 (100 × 1344 × 4 for the demo model at 256×256), and slow to train because each query starts out looking everywhere. Deformable attention
-# ([2] §3) lets each query look at a **handful of points** it chooses itself, around a **reference box**: the query
-# predicts where (offsets) and how much each point counts (attention weights), and the feature at each point is
-# read off the map by interpolation. RT-DETRv2 r18vd's decoder uses 8 heads × 3 levels × 4 points = 96 samples per query,
-# instead of 8 × 8400 (the demo model: 4 heads × 3 levels × 4 points = 48, instead of 4 × 1344).
+# for RT-DETR r18vd at 640×640 (100 × 1344 × 4 for the demo model at 256×256), and slow to train because each
+# query starts out looking everywhere. Deformable attention ([2] §3) lets each query look at a **handful of
+# points** it chooses itself, around a **reference box**: the query predicts where (offsets) and how much each
+# point counts (attention weights), and the feature at each point is read off the map by interpolation. RT-DETRv2 r18vd's decoder uses 8 heads × 3 levels × 4 points = 96 samples per
+# query, instead of 8 × 8400 (the demo model: 4 heads × 3 levels × 4 points = 48, instead of 4 × 1344).
 #
 # ## 1. Reading a map at a continuous point: bilinear sampling, by hand
 #
@@ -374,10 +374,11 @@ for u0 in (1.2, 2.7, 3.9):
 
 # %% [markdown]
 # Hence RT-DETRv2's recipe ([3] §2.1): train with grid_sample, then fine-tune with discrete sampling while the
-# gradient of `sampling_offsets` is switched off — where each point looks stays as bilinear training left it (up
-# to the half-texel shift the operator itself adds). What the fine-tune can adapt is everything else: the attention
-# weights that mix the points, the value and output projections, and every layer before and after (backbone,
-# encoder, query selection, FFNs, heads).
+# gradient of `sampling_offsets` is switched off — the official decoder's `MSDeformableAttention` sets
+# `requires_grad = False` on that layer when its method is "discrete". Where each point looks stays as bilinear
+# training left it (up to the half-texel shift the operator itself adds). What the fine-tune can adapt is
+# everything else: the attention weights that mix the points, the value and output projections, and every layer
+# before and after (backbone, encoder, query selection, FFNs, heads).
 #
 # The shipped AP table (`rtdetrv2_np/demo/models/metrics.json`, written when the weights were shipped; COCO box AP
 # on the held-out scenes) shows what each model gives with each operator — [3] §3.4 Table 4 in miniature. A
@@ -463,7 +464,8 @@ check("multiscale_deformable_attention output", mine, out, atol=1e-4)
 # ## 6. Where training starts, and where it ends
 #
 # **The initialisation** ([2] App. A.4; transformers 5.24 `RTDetrV2PreTrainedModel._init_weights`; the official
-# `MSDeformableAttention._reset_parameters`): the `sampling_offsets` layer starts with zero weights, so every query
+# v2 decoder's `MSDeformableAttention._reset_parameters`, which counts k = 1 … K_l on each level separately; the
+# two agree when every level has the same K_l): the `sampling_offsets` layer starts with zero weights, so every query
 # gets the same raw offsets, its bias. Head m points in direction θ_m = 2πm/M, the direction is scaled so that its
 # larger coordinate is ±1 (a square, not a circle), and point k of each level (k = 1 … K_l) sits at k times that
 # direction. With the 1/K_l · wh · 0.5 scaling of §4, point K_l of every head lands on the edge of the reference

@@ -100,8 +100,9 @@ def scene(index):
 # for RT-DETR r18vd at 640×640 (100 × 1344 × 4 for the demo model at 256×256), and slow to train because each
 # query starts out looking everywhere. Deformable attention ([2] §3) lets each query look at a **handful of
 # points** it chooses itself, around a **reference box**: the query predicts where (offsets) and how much each
-# point counts (attention weights), and the feature at each point is read off the map by interpolation. RT-DETRv2 r18vd's decoder uses 8 heads × 3 levels × 4 points = 96 samples per
-# query, instead of 8 × 8400 (the demo model: 4 heads × 3 levels × 4 points = 48, instead of 4 × 1344).
+# point counts (attention weights), and the feature at each point is read off the map by interpolation.
+# RT-DETRv2 r18vd's decoder uses 8 heads × 3 levels × 4 points = 96 samples per query, instead of 8 × 8400 (the
+# demo model: 4 heads × 3 levels × 4 points = 48, instead of 4 × 1344).
 #
 # ## 1. Reading a map at a continuous point: bilinear sampling, by hand
 #

@@ -26,9 +26,10 @@
 #
 # **Paper references.**
 # [1] RT-DETR, arXiv 2304.08069v3, **§4.1** (backbone: ResNet, the last three stages S3, S4, S5 feed the encoder)
-# and **Fig. 4** (left: the overview).
-# [5] He et al., *Deep Residual Learning*, arXiv 1512.03385, Eq. 1–2 (y = F(x) + x).
-# [6] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187, **§4.1 and Fig. 2** ("ResNet-B, -C,
+# and **Fig. 4** (the overview).
+# [5] He et al., *Deep Residual Learning*, arXiv 1512.03385, §3.2, Eq. 1–2 (y = F(x) + x; a 1×1 projection W_s x
+# where the shape changes).
+# [6] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187v2, **§4.2 and Fig. 2** ("ResNet-B, -C,
 # -D": the tweaks RT-DETR calls "vd").
 #
 # Code: `rtdetrv2_np/model/backbone.py` (all of it: 88 lines), primitives in `rtdetrv2_np/model/nn.py`.
@@ -135,7 +136,7 @@ check("BN folded into the conv", folded, batch_norm(conv2d(x8, w0, stride=2, pad
 check("... which is nn.conv_bn", folded, conv_bn(x8, w0, bn, stride=2, padding=1))
 
 # %% [markdown]
-# ## 3. What "vd" changes ([6] §4.1, Fig. 2 of [6])
+# ## 3. What "vd" changes ([6] §4.2, Fig. 2)
 #
 # A plain ResNet-18 starts with one 7×7 stride-2 convolution, and its down-sampling shortcut is a 1×1 convolution
 # with stride 2 — which simply ignores three of every four input pixels. The "vd" variant changes both:
@@ -174,7 +175,7 @@ print(f"max-pool:    {list(h.shape)}")
 # has the same layout, narrower (printed below). Stage 0 keeps stride 4; the first block of every later stage
 # halves the resolution, and its shortcut is the average pool + 1×1 conv (weights under `shortcut.1`: index 0 of
 # the reference's `Sequential` is the parameter-free pool).
-# A basic block is `y = ReLU(BN(conv3x3(ReLU(BN(conv3x3_stride(x))))) + shortcut(x))` ([5] Eq. 1–2).
+# A basic block is `y = ReLU(BN(conv3x3(ReLU(BN(conv3x3_stride(x))))) + shortcut(x))` ([5] §3.2, Eq. 1–2).
 
 # %%
 def basic_block(x, p, stride):
@@ -271,7 +272,7 @@ for l in range(3):
 # ## Summary
 #
 # * A convolution is `W @ im2col(x)`; BatchNorm at inference is a per-channel scale and shift.
-# * ResNet-vd = ResNet + deep 3×3 stem + average-pool shortcut (+ stride on the 3×3 in bottlenecks) ([6] §4.1).
+# * ResNet-vd = ResNet + deep 3×3 stem + average-pool shortcut (+ stride on the 3×3 in bottlenecks) ([6] §4.2).
 # * The backbone hands the encoder three maps, `backbone.0/1/2` = S3, S4, S5, at strides 8, 16, 32
 #   (r18vd: 128, 256, 512 channels; r50vd: 512, 1024, 2048).
 #

@@ -276,6 +276,27 @@ print(f"in all: {n_dets.sum()} detections above 0.5, {n_dups.sum()} near-duplica
       f"({n_dups.sum() / max(n_dets.sum(), 1):.1%}), in {np.count_nonzero(n_dups)} of {N_SCENES} scenes")
 
 # %% [markdown]
+# The scene with the most near-duplicates: detections above 0.5, the near-duplicates in red (dashed: ground truth).
+
+# %%
+worst = int(np.argmax(n_dups))
+det, dup = dets_05[worst], duplicates(dets_05[worst])
+fig, ax = plt.subplots(figsize=(6.5, 6.5))
+ax.imshow(scenes[worst][0])
+for o in scenes[worst][1]:
+    x0, y0, x1, y1 = o["box"]
+    ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec="white", lw=1, ls="--"))
+for (x1, y1, x2, y2), label, score, is_dup in zip(det["boxes"], det["labels"], det["scores"], dup):
+    colour = "red" if is_dup else "lime"
+    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, ec=colour, lw=1.5))
+    ax.text(x1, y2 + 8 if is_dup else y1 - 2, f"{CLASSES[label]} {score:.2f}", color="black", fontsize=7,
+            bbox=dict(fc=colour, ec="none", pad=0.5, alpha=0.8))
+ax.set_title(f"scene {worst}: {len(det['scores'])} detections > 0.5, {int(dup.sum())} near-duplicates (red), "
+             f"{len(scenes[worst][1])} objects", fontsize=9)
+ax.axis("off")
+plt.show()
+
+# %% [markdown]
 # Read the printed share of near-duplicates as a measure of how far this model's training has come, not as a
 # property of DETRs: of two near-duplicates on one object at most one can be matched to it, and the other is pushed
 # toward "no object" at every training step that sees such a scene. NMS would hide them at the price NMS always has

@@ -69,10 +69,11 @@ from rtdetrv2_np.model.deformable_attention import (bilinear_taps, deformable_at
 from rtdetrv2_np.preprocess import preprocess
 
 T0 = time.time()
-model = rtdetrv2_np.load_model("demo")                   # shipped with the package: no download
+model, _ = plotting.teaching_model()           # load_model("demo"): the shipped demo detector, no download
+print(plotting.weights_stamp(model))
 cfg = model.config
 S = model.input_size[0]                                  # 256: the demo model's input side
-print("weights:", Path(model.source).name, "| input", model.input_size, "| labels", model.id2label)
+print("input", model.input_size, "| labels", model.id2label)
 rng = np.random.default_rng(0)
 f32 = np.float32
 

@@ -19,13 +19,16 @@
 # *Estimated reading time: 20 minutes (running it: under a minute on 2 CPU cores).*
 #
 # **Learning goals.** After this notebook you can
-# 1. turn the model's 300 × 80 logits and 300 boxes into a ranked list of labelled boxes in image pixels, by hand;
-# 2. explain why RT-DETR needs no non-maximum suppression, and why one query can yield several detections;
+# 1. turn the model's Nq × NC logits and Nq boxes into a ranked list of labelled boxes in image pixels, by hand;
+# 2. explain why RT-DETR needs no non-maximum suppression, why that does not make it duplicate-free, and why one
+#    query can yield several detections;
 # 3. run the same pipeline from the command line.
 #
-# **Paper references.** [1] RT-DETR, arXiv 2304.08069: §4.3 and §5 (classification trained with a focal-style
-# loss, so each class gets an independent sigmoid score rather than a softmax over classes; "NMS-free", §1 and
-# Fig. 1's latency comparison). The steps reproduce transformers' `post_process_object_detection(...,
+# **Paper references.** [1] RT-DETR, arXiv 2304.08069v3: §1 and §3 (NMS and its cost), Appendix §1, Table A
+# (classification trained with a focal-style loss, so each class gets an independent sigmoid score rather than a
+# softmax over classes), Appendix §4, Fig. A–B (RT-DETR's post-processing is a score threshold only). [12] Carion
+# et al., DETR, arXiv 2005.12872, §3.1, Eq. 1 (one-to-one Hungarian matching in training: what makes NMS
+# unnecessary; notebook 07). The steps reproduce transformers' `post_process_object_detection(...,
 # use_focal_loss=True)` and the official `RTDETRPostProcessor`.
 #
 # Code: `rtdetrv2_np/postprocess.py`; the command line: `rtdetrv2_np/detect.py`.
@@ -42,10 +45,8 @@ from rtdetrv2_np import plotting
 from rtdetrv2_np.postprocess import center_to_corners, post_process_object_detection
 
 T0 = time.time()
-DATA = Path(rtdetrv2_np.__file__).resolve().parents[1] / "tests" / "data"
-model, IS_REAL = plotting.teaching_model()
-NOTE = dict(random_weights=not IS_REAL)
-print("weights:", model.source)
+model, _ = plotting.teaching_model()          # the shipped demo detector (notebook 00): trained, 256x256 shapes
+print(plotting.weights_stamp(model))
 rng = np.random.default_rng(0)
 f32 = np.float32
 
@@ -63,11 +64,13 @@ def check(name, mine, package, atol=0.0):
 #    original image's (width, height, width, height). Not clipped to the image.
 # 2. **scores** = sigmoid(logits): one independent probability per (query, class).
 # 3. **top-k over all (query, class) pairs**, k = Nq: flatten `[Nq, NC]` to `Nq·NC` scores; flat index i is
-#    query `i // NC`, label `i % NC`. One query can appear twice with two labels (a "sofa" that is also a "bed").
+#    query `i // NC`, label `i % NC`. One query can appear twice with two labels (a "square" that is also a "disc").
 # 4. **threshold**: keep score > 0.5 (strictly greater).
 #
-# There is no NMS: the decoder's self-attention has already taught the queries not to duplicate each other.
-# A toy with Nq = 3 queries and NC = 4 classes:
+# There is no NMS. What makes that possible is the *training*: each ground-truth object is matched to exactly one
+# query (Hungarian matching, [12] §3.1, notebook 07), and every other query that predicts the same object is
+# trained towards "no object". The decoder's self-attention is the channel through which the queries can learn
+# to leave an object to one of them. A toy with Nq = 3 queries and NC = 4 classes:
 
 # %%
 logits = rng.normal(0, 2, size=(1, 3, 4)).astype(f32)                # [B, Nq, NC]
@@ -88,39 +91,63 @@ check("labels", keep % 4, det["labels"])
 check("boxes", xyxy[0, keep // 4], det["boxes"], atol=1e-3)
 
 # %% [markdown]
-# ## 2. On the real image
+# ## 2. On a real output
 #
-# `preprocess` resized the 640 × 480 photo to 640 × 640 (no letterbox, the aspect ratio is not kept); the boxes
-# come out normalised, so scaling them by the *original* size puts them back on the photo.
+# A held-out generated scene (notebook 00), at the demo model's input size. `preprocess` resizes any image to that
+# size without a letterbox (the aspect ratio is not kept); the boxes come out normalised, so scaling them by the
+# *original* size puts them back on the image (here both are 256 × 256).
 
 # %%
-from rtdetrv2_np.preprocess import load_image, preprocess
+import PIL.Image
 
-image = load_image(DATA / "coco_000000039769.png")
-pixel_values, sizes = preprocess(image)                              # [1, 3, 640, 640], [(480, 640)]
+from rtdetrv2_np.demo.shapes import EVAL_SEED, make_scene
+from rtdetrv2_np.preprocess import preprocess
+
+array, objects = make_scene(EVAL_SEED, 5)
+image = PIL.Image.fromarray(array)
+pixel_values, sizes = preprocess(image, size=model.input_size)       # [1, 3, 256, 256], [(256, 256)]
 out = model(pixel_values)
-threshold = 0.5 if IS_REAL else 0.0                                  # random scores carry no meaning; show the top
-detections = post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes, threshold=threshold)[0]
-for s, l, b in list(zip(detections["scores"], detections["labels"], detections["boxes"]))[:6]:
-    print(f"{model.id2label[int(l)]}: {s:.2f} [" + ", ".join(f"{v:.2f}" for v in b) + "]")
-check("corners of the best box", center_to_corners(out.pred_boxes[0, :1]) * [640, 480, 640, 480],
+detections = post_process_object_detection(out.logits, out.pred_boxes, target_sizes=sizes, threshold=0.5)[0]
+for s, l, b in zip(detections["scores"], detections["labels"], detections["boxes"]):
+    print(f"{model.id2label[int(l)]:8s} {s:.2f} [" + ", ".join(f"{v:6.1f}" for v in b) + "]")
+H, W = sizes[0]
+check("corners of query 0's box", center_to_corners(out.pred_boxes[0, :1]) * [W, H, W, H],
       post_process_object_detection(out.logits[:, :1], out.pred_boxes[:, :1], sizes, threshold=-1)[0]["boxes"][:1],
       atol=1e-3)
 
+# %% [markdown]
+# No NMS ran, so nothing removed near-duplicates. Are there any? Two detections are counted as a **duplicate
+# pair** when they have the same label and their boxes overlap with IoU > 0.7 (the usual NMS threshold); the
+# ground truth says which detections found an object (IoU ≥ 0.5, notebook 00):
+
 # %%
-plotting.plot_detections(image, detections, model.id2label, max_detections=6, **NOTE)
+from rtdetrv2_np.detect import box_iou, match_to_truth
+
+b, lab = np.asarray(detections["boxes"], np.float64), np.asarray(detections["labels"])
+iou = box_iou(b, b)                                                  # [n, n]
+pairs = [(i, j) for i in range(len(b)) for j in range(i + 1, len(b)) if lab[i] == lab[j] and iou[i, j] > 0.7]
+matched, extra = match_to_truth(objects, detections)
+n_found = sum(d is not None for d, _ in matched)
+print(f"{len(detections['scores'])} detections > 0.5, {len(objects)} objects: {n_found} found, "
+      f"{len(extra)} detections match no object; {len(pairs)} duplicate pairs (same label, IoU > 0.7): {pairs}")
+
+# %%
+plotting.plot_detections(image, detections, model.id2label, ground_truth=objects, panel=5.0,
+                         title=f"held-out scene {EVAL_SEED}/5: {n_found} of {len(objects)} found, "
+                               f"{len(extra)} extra, {len(pairs)} duplicate pairs")
 
 # %% [markdown]
-# With trained weights the list matches the one in transformers' documentation for this image (two cats ≈ 0.97,
-# 0.96, two remotes, and the couch twice as "sofa": two queries, same object — a case NMS would have merged, kept
-# because their boxes differ slightly).
+# The cells above print what this model does on this scene. Any duplicate pair is kept because **there is no
+# NMS**, not because its boxes differ: NMS-free *training* (one-to-one matching) pushes the extra queries down,
+# but a model is only as duplicate-free as its training made it (the model card of the demo model says how far
+# its training went). Exercise 3 measures, over many scenes, what a 10-line NMS would change.
 #
 # For COCO evaluation, `to_coco_results` converts detections to COCO's records (category ids, [x, y, w, h]):
 
 # %%
 from rtdetrv2_np.postprocess import to_coco_results
 
-print(to_coco_results([detections], image_ids=[39769])[:2])
+print(to_coco_results([detections], image_ids=[5])[:2])
 
 # %% [markdown]
 # ## 3. The command line
@@ -128,55 +155,50 @@ print(to_coco_results([detections], image_ids=[39769])[:2])
 # The same pipeline — `load_image` → `preprocess` → model → `post_process_object_detection` — as a command:
 #
 # ```bash
-# python -m rtdetrv2_np.detect tests/data/coco_000000039769.png            # PekingU/rtdetr_v2_r18vd from the hub cache
+# python -m rtdetrv2_np.detect --demo                                      # a generated scene, the demo model, vs truth
+# python -m rtdetrv2_np.detect scene.png --model demo                      # any image, the shipped demo model
 # python -m rtdetrv2_np.detect photos/ --save annotated/ --threshold 0.3   # a folder; draw the boxes
 # python -m rtdetrv2_np.detect cats.png --model path/to/model_dir --json   # any model load_model accepts; JSON out
 # python -m rtdetrv2_np.detect cats.png --method discrete                  # RT-DETRv2's discrete sampling (notebook 03)
 # ```
 #
-# It prints one header line per image and one line per detection, `label: score [x1, y1, x2, y2]`. Below we run it
-# on the model this notebook uses, saved to a temporary folder in the hub layout (config.json + model.safetensors;
-# notebook 06 explains the files). If your copy of the package has no `detect` module yet, the cell says so.
+# (Without `--model`, the command uses `PekingU/rtdetr_v2_r18vd`, from the Hugging Face cache or downloaded.)
+# It prints one header line per image and one line per detection, `label: score [x1, y1, x2, y2]`. Below we save
+# this notebook's scene as a PNG in a temporary folder and run the command on it with the demo model:
 
 # %%
-import importlib.util
 import os
 import subprocess
 import sys
 import tempfile
 
-from safetensors.numpy import save_file
-
-from rtdetrv2_np.weights import flatten_params
-
-if importlib.util.find_spec("rtdetrv2_np.detect") is None:
-    print("rtdetrv2_np.detect is not in this copy of the package; the command above is what it will run")
-else:
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "config.json").write_text(__import__("json").dumps(model.config.to_hf_dict()))
-        save_file(flatten_params(model.params), str(Path(tmp) / "model.safetensors"))
-        cmd = [sys.executable, "-m", "rtdetrv2_np.detect", str(DATA / "coco_000000039769.png"),
-               "--model", tmp, "--threshold", str(0.5 if IS_REAL else 0.9)]
-        print("$ python -m rtdetrv2_np.detect", " ".join(cmd[3:]).replace(tmp, "<tmp>"))
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                             env=dict(os.environ, HF_HUB_OFFLINE="1"))
-        lines = (run.stdout or run.stderr).splitlines()
-        print("\n".join(lines[:8] + (["..."] if len(lines) > 8 else [])))
-        print("exit status", run.returncode)
+with tempfile.TemporaryDirectory() as tmp:
+    scene_png = Path(tmp) / "scene.png"
+    image.save(scene_png)
+    cmd = [sys.executable, "-m", "rtdetrv2_np.detect", str(scene_png), "--model", "demo", "--threshold", "0.5"]
+    print("$ python -m rtdetrv2_np.detect", " ".join(cmd[3:]).replace(tmp, "<tmp>"))
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    lines = (run.stdout or run.stderr).replace(tmp, "<tmp>").splitlines()
+    print("\n".join(lines[:8] + (["..."] if len(lines) > 8 else [])))
+    print("exit status", run.returncode)
 
 # %% [markdown]
 # ## Summary
 #
 # * Scores are independent sigmoids per class (focal-loss training); ranking runs over all (query, class) pairs.
 # * Boxes go from normalised (cx, cy, w, h) to pixel corners of the *original* image; they are not clipped.
-# * No NMS: the set of 300 queries is the answer; the threshold only cuts the ranked list.
+# * No NMS: the set of Nq queries is the answer; the threshold only cuts the ranked list. One-to-one matching in
+#   training is what discourages duplicates; whether a given model still emits some is measured, not assumed.
 #
 # ## Exercises
 #
-# 1. Post-process with a softmax over the 80 classes instead of independent sigmoids. Which detections change?
-# 2. Count how many of the top-300 (query, class) pairs come from the same query as a higher-ranked pair.
-# 3. Write a 10-line NMS (IoU > 0.7, same label) and apply it after post-processing. How many boxes does it remove
-#    with trained weights? What does that say about the decoder's self-attention?
+# Answers: `walkthrough/solutions/05_postprocess_cli.py`.
+#
+# 1. Post-process with a softmax over the NC classes instead of independent sigmoids. Which detections change?
+# 2. Count how many of the top-Nq (query, class) pairs come from the same query as a higher-ranked pair.
+# 3. Write a 10-line NMS (IoU > 0.7, same label) and apply it after post-processing on 20 held-out scenes. How many
+#    boxes does it remove, and does it raise or lower AP50 (`rtdetrv2_np.evaluate.evaluate_coco`)? What does that
+#    say about how far one-to-one training went for this model?
 # 4. Run the command with `--json` and load its output with `json.loads`.
 
 # %%

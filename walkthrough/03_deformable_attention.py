@@ -394,7 +394,7 @@ print(f"{'model':<16}{'sampled with':<14}{'AP':>7}{'AP50':>7}{'AP75':>7}   (eval
 for name, entry in metrics.items():
     if isinstance(entry, dict) and "ap" in entry:
         for method, r in entry["ap"].items():
-            full = r["full"]
+            full = r.get("full") or r["subset"]                   # the whole eval set where it was measured
             print(f"{name:<16}{method:<14}{full['AP']:7.3f}{full['AP50']:7.3f}{full['AP75']:7.3f}")
 
 # %% [markdown]
@@ -506,7 +506,8 @@ check("initial attention weights = 1 / (L*K_l) per head", A_mod[0, 0], np.full((
 # %% [markdown]
 # The same reference box (thick, black and yellow) with the initial pattern and with what the trained model does
 # for the highest-scoring query of this scene in its last layer (marker area = attention weight; dotted: the
-# image's border):
+# image's border). In the initial pattern the three levels' points coincide (the same normalised location on
+# each map), so each marker hides two others:
 
 # %%
 last_layer = cfg.num_decoder_layers_used - 1

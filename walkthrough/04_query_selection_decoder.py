@@ -136,7 +136,8 @@ plotting.plot_anchors(grid640, image=PIL.Image.fromarray(image0).resize((640, 64
 
 # %% [markdown]
 # Invalid positions get the largest float32 as their anchor logit (sigmoid → a (1, 1, 1, 1) box), and query
-# selection zeroes their memory before scoring them, so they are (almost) never selected. The decoder's
+# selection zeroes their memory before scoring them, so they all get one and the same score, that of a zero
+# feature (whether it reaches the top-Nq depends on the weights). The decoder's
 # cross-attention, however, reads the **unmasked** memory: the zeroing is local to query selection.
 #
 # ## 2. Query selection ([1] §4.3)

@@ -45,8 +45,8 @@ from rtdetrv2_np import plotting
 
 T0 = time.time()
 REPO = Path(rtdetrv2_np.__file__).resolve().parents[1]
-model, IS_REAL = plotting.teaching_model()
-print("weights:", model.source)
+model, _ = plotting.teaching_model()          # the shipped demo detector (notebook 00)
+print(plotting.weights_stamp(model))
 
 
 def check(name, mine, package, atol=0.0):
@@ -64,6 +64,16 @@ def check(name, mine, package, atol=0.0):
 # (`~/.cache/huggingface/hub/models--PekingU--rtdetr_v2_r18vd/snapshots/<commit>/`, the layout transformers uses)
 # or downloads them; `teaching_model()` only looks in the cache (HF_HUB_OFFLINE semantics).
 #
+# The demo model this walkthrough uses ships inside the package in exactly this layout, with two more files:
+# `preprocessor_config.json` (its input size, as the hub's image processor reads it) and `MODEL_CARD.md` (how it
+# was trained, how well it does):
+
+# %%
+demo_folder = Path(model.source).parent
+for f in sorted(demo_folder.iterdir()):
+    print(f"  {f.name:26s} {f.stat().st_size:>10,d} bytes")
+
+# %% [markdown]
 # Which tensors an architecture needs is a pure function of its config, `expected_shapes(cfg)`:
 
 # %%
@@ -82,8 +92,9 @@ for name in ["model.backbone.model.embedder.embedder.0.convolution.weight",
     print(f"  {name:62s} {list(shapes[name])}")
 
 # %% [markdown]
-# Read one line: `sampling_offsets.weight [192, 256]` is the linear layer of notebook 03 that maps a 256-d query to
-# M · K · 2 = 8 heads × 12 points × (x, y) offsets; `n_points_scale [12]` is the 1/K_l buffer.
+# Read one line: `sampling_offsets.weight [M · ΣK_l · 2, C]` is the linear layer of notebook 03 that maps a C-d
+# query to M heads × ΣK_l points × (x, y) offsets (r18vd: [192, 256] = 8 heads × 12 points × 2 from 256; the demo
+# model's numbers are printed above); `n_points_scale [ΣK_l]` is the 1/K_l buffer.
 #
 # Grouped by the first parts of the name — the same components as notebook 00's parameter count:
 
@@ -145,12 +156,12 @@ with safe_open(str(folder / "model.safetensors"), framework="numpy") as f:      
     print("a header entry:", name, f.get_slice(name).get_shape(), f.get_slice(name).get_dtype())
 
 reloaded = load_model(folder)
-print("loaded:", reloaded.source)
+print("loaded:", reloaded.source.replace(tmp.name, "<tmp>"))
 for name, a in flatten_params(reloaded.params).items():
     assert np.array_equal(a, tensors[name]), name
 print("all", len(tensors), "tensors identical")
 
-x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)        # small, yet 336 positions >= 300 queries
+x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)        # small, yet 336 positions >= Nq
 check("logits, saved and reloaded", reloaded(x).logits, model(x).logits)
 
 # %% [markdown]
@@ -261,7 +272,8 @@ if pth.exists() and hub_file.exists():
     sd = load_pth(pth)
     print(f"{pth.name}: {len(sd)} official tensors, e.g. {list(sd)[:2]}")
     cfg_tiny, converted, report = load_official(pth)
-    print("architecture", report["architecture"], "| anchors in the file vs recomputed:", report["anchors"])
+    print("architecture", str(report["architecture"]).replace(str(REPO), "<repo>"),
+          "| anchors in the file vs recomputed:", report["anchors"])
     expected, _ = read_safetensors(hub_file)
     expected = {k: v for k, v in expected.items() if not k.endswith("num_batches_tracked")}
     print(f"{len(converted)} converted tensors, {len(expected)} in the hub-layout file")
@@ -292,6 +304,8 @@ else:
 #   fused `in_proj`; anchors, valid masks and BatchNorm counters are dropped.
 #
 # ## Exercises
+#
+# Answers: `walkthrough/solutions/06_weights.py`.
 #
 # 1. Which tensors of `expected_shapes` does inference never read? (Hint: `denoising_class_embed`.)
 # 2. Change one entry of `config.json` in the saved folder (e.g. `decoder_layers` 3 → 4) and load it. What does

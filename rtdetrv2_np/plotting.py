@@ -387,8 +387,12 @@ def plot_bilinear_vs_discrete(value, locations, title=None, weights_note=None, r
             ax.plot([u, cx + 0.5], [v, cy + 0.5], color=color, linewidth=0.8 + 2.5 * wgt, alpha=0.8)
             ax.plot([cx + 0.5], [cy + 0.5], marker="o", markersize=6, color=color if inside else "white",
                     markeredgecolor=color)
-            ax.text(cx + 0.5, cy + 0.5 + 0.14, f"{wgt:.2f}" if inside else "0 (pad)", ha="center", va="top",
-                    fontsize=7, color=color, fontweight="bold")
+            # the weight beside its neighbour centre, on the side away from the point, above every marker
+            dx = 0.14 if cx + 0.5 >= u else -0.14
+            ax.text(cx + 0.5 + dx, cy + 0.5 + (0.14 if cy + 0.5 >= v else -0.14),
+                    f"{wgt:.2f}" if inside else "0 (pad)", ha="left" if dx > 0 else "right",
+                    va="top" if cy + 0.5 >= v else "bottom", fontsize=7, color=color, fontweight="bold",
+                    zorder=5, bbox=dict(facecolor="white", edgecolor="none", alpha=0.85, pad=0.3))
         ax.plot([u], [v], marker="X", markersize=10, color=color, markeredgecolor="black")
         ax.text(u + 0.12, v - 0.12, f"p{p}", color=color, fontsize=8, fontweight="bold", ha="left", va="bottom")
         lines_b.append(f"p{p} ({x:.3f}, {y:.3f}) -> {bil[p]:.4g}")

@@ -80,8 +80,9 @@ for co in range(3):
             loop[0, co, i, j] = (patch * w[co]).sum()
 
 # %% [markdown]
-# The loop is too slow for 640×640 images. **im2col** lays every patch out as one column of a matrix
-# `cols [C_in·KH·KW, Ho·Wo]`; then the whole convolution is one BLAS call, `W[C_out, C_in·KH·KW] @ cols`.
+# The loop is far too slow for real images (millions of output values, each a Python-level dot product).
+# **im2col** lays every patch out as one column of a matrix `cols [C_in·KH·KW, Ho·Wo]`; then the whole
+# convolution is one BLAS call, `W[C_out, C_in·KH·KW] @ cols`.
 # Row `(c, kh, kw)` of `cols` holds the input pixel that kernel tap `(kh, kw)` of channel `c` sees, at every output
 # position — a strided slice of the padded input:
 

@@ -113,3 +113,20 @@ def test_notebook_runs(py, kernel_specs, tmp_path, monkeypatch):
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors, errors
     assert seconds < NOTEBOOK_BUDGET_S, f"{py.name} took {seconds:.1f} s, more than {NOTEBOOK_BUDGET_S:.0f} s"
+
+
+MAX_NOTEBOOK_BYTES = 1_500_000      # committed outputs stay readable on GitHub and light in git (PNG at 72 dpi)
+
+
+@pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_is_small(py):
+    size = py.with_suffix(".ipynb").stat().st_size
+    assert size < MAX_NOTEBOOK_BYTES, f"{py.stem}.ipynb is {size / 1e6:.2f} MB (limit {MAX_NOTEBOOK_BYTES / 1e6} MB)"
+
+
+def test_build_tool_refuses_an_unknown_notebook():
+    """tools/build_walkthrough.py names what it cannot find and builds nothing."""
+    import subprocess
+    tool = WALKTHROUGH.parent / "tools" / "build_walkthrough.py"
+    run = subprocess.run([sys.executable, str(tool), "99_no_such"], capture_output=True, text=True, timeout=60)
+    assert run.returncode != 0 and "error: no notebook in walkthrough/ starts with 99_no_such" in run.stderr, run

@@ -243,14 +243,19 @@ def plot_detections(image, detections, id2label=None, threshold=None, max_detect
             ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=lw,
                                    linestyle=ls))
     fs = 9 * min(1.0, panel / 6.0) + 1
+    line = 1.5 * fs / 72 * H / (panel * H / W)                      # one label's height in pixels of the image
+    placed = []                                                     # label anchors so far (best scores first)
     for i in keep:
         x1, y1, x2, y2 = boxes[i]
         color = _tab10(int(labels[i]))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
         above = y1 > 0.06 * H                                       # room above the box: the label goes there
-        ax.text(min(max(x1, 0), 0.8 * W), y1 - 1 if above else max(y2, 0) + 1,
-                f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white", fontsize=fs,
-                va="bottom" if above else "top", ha="left", clip_on=True,
+        tx, ty = min(max(x1, 0), 0.8 * W), y1 - 1 if above else max(y2, 0) + 1
+        while any(abs(tx - px) < 0.2 * W and abs(ty - py) < line for px, py in placed):
+            ty += line if not above or ty - line < line else -line  # a near-duplicate's label: stack it
+        placed.append((tx, ty))
+        ax.text(tx, ty, f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white", fontsize=fs,
+                va="bottom" if above else "top", ha="left", clip_on=True, zorder=4,
                 bbox=dict(facecolor=color, edgecolor="none", alpha=0.85, pad=1.0))
     ax.set_xlim(0, W)
     ax.set_ylim(H, 0)

@@ -40,7 +40,7 @@
 # | 02 | hybrid encoder: AIFI + CCFF | [1] §4.2, Eq. 1, Fig. 5, Table 3 |
 # | 03 | multi-scale deformable attention | [2] Eq. 2–3, [3] §2.1 |
 # | 04 | query selection and the decoder | [1] §4.1, §4.3; [2] App. A.4 |
-# | 05 | post-processing and the command line | [1] §4.3 (focal-loss scores) |
+# | 05 | post-processing and the command line | [1] App. Table A (focal-loss scores); DETR §3.1 |
 # | 06 | weights: hub and official checkpoints → arrays | — |
 # | 07 | set prediction: Hungarian matching, why no NMS | [1] §4; DETR (arXiv 2005.12872) §3.1 |
 
@@ -50,7 +50,7 @@
 # Every notebook starts the same way. `teaching_model()` is `load_model("demo")`: a small RT-DETRv2 **trained** on
 # a generated dataset of shapes and shipped inside the package (`rtdetrv2_np/demo/models/shapes_bilinear/`, its
 # MODEL_CARD.md says how it was trained and how well it does). It knows four classes — disc, square, triangle,
-# star — at 256×256 pixels; it is the published RT-DETRv2 architecture made narrow (fewer channels, layers and
+# star — at 256×256 pixels; it is the published RT-DETRv2 architecture made narrow (fewer channels, heads and
 # queries), so every stage of the later notebooks is there, and it works offline. The first line printed names the
 # weights file and its SHA-256, so you can tell which weights made the outputs you are reading.
 #

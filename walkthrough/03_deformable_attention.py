@@ -35,7 +35,8 @@
 # (multi-scale deformable attention); **App. A.4** (offsets scaled by the reference box's size; initialisation).
 # [3] Lv et al., *RT-DETRv2*, arXiv 2407.17140v1: **§2.1** (framework: a distinct number of sampling points per
 # scale, the discrete sampling operator), §2.2 (training), ablations in **§3.4, Table 3** (points) and **Table 4**
-# (discrete sampling). The report has no figures.
+# (discrete sampling). The report has no figures. Versions and sections of every paper cited:
+# `walkthrough/paper_pointers.md`.
 # [1] Lv et al., *RT-DETR* (DETRs Beat YOLOs on Real-time Object Detection), arXiv 2304.08069v3: §4.1 (the decoder
 # uses deformable cross-attention).
 # PyTorch `grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False)`, the operator the bilinear path
@@ -375,8 +376,9 @@ for u0 in (1.2, 2.7, 3.9):
     print(f"u = {u0}: d(value)/du bilinear {d_bil:.3f}, discrete {d_dis:.3f}")
 
 # %% [markdown]
-# Hence RT-DETRv2's recipe ([3] §2.1): train with grid_sample, then fine-tune with discrete sampling while the
-# gradient of `sampling_offsets` is switched off — the official decoder's `MSDeformableAttention` sets
+# Hence RT-DETRv2's recipe ([3] §2.1; §3.1: 6× schedule with grid_sample, then 1× with discrete sampling): train
+# with grid_sample, then fine-tune with discrete sampling while the gradient of `sampling_offsets` is switched
+# off — the official decoder's `MSDeformableAttention` sets
 # `requires_grad = False` on that layer when its method is "discrete". Where each point looks stays as bilinear
 # training left it (up to the half-texel shift the operator itself adds). What the fine-tune can adapt is
 # everything else: the attention weights that mix the points, the value and output projections, and every layer

@@ -28,8 +28,10 @@
 #
 # **Paper references.** [1] Lv et al., *RT-DETR* (DETRs Beat YOLOs on Real-time Object Detection), arXiv
 # 2304.08069v3: **Fig. 4** (overview), **§4.1** (decoder with auxiliary prediction heads), **§4.3**
-# (uncertainty-minimal query selection), **§5.3** (its ablation), and the flexible speed tuning by dropping decoder
-# layers (abstract, §4; ablation §5.4). [2] Zhu et al., *Deformable DETR*, arXiv 2010.04159v4: **App. A.4**
+# (uncertainty-minimal query selection, Eq. 2–3, the score/IoU scatter **Fig. 6**), **§5.3, Table 4** (its
+# ablation), and the flexible speed tuning by dropping decoder layers (abstract; ablation **§5.4, Table 5**).
+# Paper versions and sections: `walkthrough/paper_pointers.md`.
+# [2] Zhu et al., *Deformable DETR*, arXiv 2010.04159v4: **App. A.4**
 # (two-stage: every encoder position is a proposal relative to an anchor of size 0.05·2^l; iterative bounding-box
 # refinement `b_d = σ(Δ_d + σ⁻¹(b_{d−1}))`).
 #
@@ -161,7 +163,7 @@ masked = memory * valid[None, :, None]                                # [B, Nv, 
 out = layer_norm(linear(masked, m["enc_output"][0]), m["enc_output"][1])          # [B, Nv, C]
 scores = linear(out, m["enc_score_head"])                             # [B, Nv, NC]
 box_logits = mlp(out, m["enc_bbox_head"]["layers"]) + anchors         # [B, Nv, 4]
-index = np.argsort(-scores.max(-1), axis=1, kind="stable")[:, :cfg.num_queries]   # [B, Nq] descending, ties: lower first
+index = np.argsort(-scores.max(-1), axis=1, kind="stable")[:, :cfg.num_queries]   # [B, Nq] descending; ties: lower
 target = np.take_along_axis(out, index[:, :, None], axis=1)           # [B, Nq, C]
 ref = sigmoid(np.take_along_axis(box_logits, index[:, :, None], axis=1))          # [B, Nq, 4]
 
@@ -214,11 +216,13 @@ for size, c in win.items():
 # Deformable DETR [2], Efficient DETR and DINO all do it ([1] §4.3 says so). RT-DETR's point is *what the score
 # means*. A class score trained only for classification can be high for a position whose box is poor; top-K then
 # hands the decoder confident but badly placed queries. [1] §4.3 names the gap between the predicted localisation
-# P and classification C the uncertainty U = ‖P − C‖ and adds it to the training loss; in the code this is the
-# varifocal loss, whose target for a matched query's class is the IoU of its box with the ground truth. A score
+# P and classification C the uncertainty U = ‖P − C‖ (Eq. 2) and adds it to the training loss (Eq. 3); in the
+# code this is the varifocal loss, whose target for a matched query's class is the IoU of its box with the ground
+# truth. A score
 # trained to predict the IoU ranks positions by how well their box fits, so top-K by class score at inference
-# (the code above, nothing more) picks well-localised features too. [1] §5.3 shows this as a scatter of
-# classification score against IoU for the selected queries of vanilla and uncertainty-minimal selection.
+# (the code above, nothing more) picks well-localised features too. [1] Fig. 6 shows this as a scatter of
+# classification score against IoU for the selected encoder features of vanilla and uncertainty-minimal
+# selection; §5.3, Table 4 gives the AP difference.
 #
 # The same scatter for the demo model (trained with the varifocal loss), over the 16 scenes: each selected query's
 # score sigmoid(max class logit) against the IoU of its selected box with its best ground-truth box:
@@ -328,7 +332,7 @@ plotting.plot_box_refinement(pv0, stages, top4, id2label=model.id2label, ncols=4
 #
 # Every decoder layer has its own box and class heads, trained with auxiliary losses ([1] §4.1), so the output of
 # layer d is a usable detection by itself: RT-DETR runs fewer layers at inference to go faster, without retraining
-# ([1] abstract, §4; ablation §5.4). In the package this is `decoder_eval_idx`. First the check: a model cut after
+# ([1] abstract; ablation §5.4, Table 5). In the package this is `decoder_eval_idx`. First the check: a model cut after
 # layer d gives exactly the trace's layer-d outputs:
 
 # %%

@@ -247,22 +247,15 @@ def coco_image_ids(paths):
 def save_annotated(image, detections, id2label, path, threshold, truth=None):
     """Draw boxes, names and scores on the image (plotting.plot_detections) and write it as PNG, atomically.
     truth: ground-truth objects ({"box": [x0, y0, x1, y1], ...}, as demo.shapes makes them), drawn dashed."""
-    from matplotlib.patches import Rectangle
-
     from .plotting import plot_detections
     panel = min(max(image.width / 100, 4.0), 20.0)          # inches at 100 dpi: about the image's own resolution
     # matplotlib reads $...$ in a text as mathematics (and fails on an unbalanced one): labels are plain text
     names = {k: str(v).replace("$", r"\$") for k, v in id2label.items()}
     title = f"{os.path.basename(path)}: {len(detections['scores'])} detections".replace("$", r"\$")
     if truth is not None:
-        title += f"\n(dashed: the {len(truth)} ground-truth boxes)"
+        title += f"\n(white dashed: the {len(truth)} ground-truth boxes)"
     fig = plot_detections(image, detections, id2label=names, threshold=threshold, max_detections=100, title=title,
-                          panel=panel)
-    for o in truth or ():
-        x0, y0, x1, y1 = o["box"]
-        for colour, width in (("black", 2.2), ("white", 1.2)):         # white dashes on a dark outline: any ground
-            fig.axes[0].add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, ec=colour, lw=width,
-                                            ls=(0, (4, 3)), zorder=1.5))
+                          panel=panel, ground_truth=truth)
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 

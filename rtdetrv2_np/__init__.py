@@ -41,6 +41,9 @@ References. One list for the whole package: every module cites these numbers.
     [10] github.com/fundamentalvision/Deformable-DETR at commit 11169a6: models/ops/modules/ms_deform_attn.py,
         models/ops/functions/ms_deform_attn_func.py (the pure-PyTorch multi-scale deformable attention).
     [11] PyTorch 2.13 (docs.pytorch.org): the ops the primitives reproduce (conv2d, BatchNorm2d, grid_sample, ...).
+    [12] N. Carion et al., "End-to-End Object Detection with Transformers" (DETR), arXiv 2005.12872v3. §3.1,
+        Eq. (1)-(2): the one-to-one (Hungarian) assignment and loss that make a DETR need no NMS (matching.py).
+    [13] H. Rezatofighi et al., "Generalized Intersection over Union", arXiv 1902.09630v2: GIoU (matching.py).
 
 Glossary of shape letters (every shape comment `# [B, Nq, M, K, 2]` in the package uses these):
     B         batch: images in one forward pass

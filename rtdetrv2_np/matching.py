@@ -5,7 +5,7 @@ the matching is what explains the model's output: each object of a training imag
 by minimum total cost, and every other query is trained toward "no object"; so a trained DETR emits one box per
 object and needs no non-maximum suppression (walkthrough/07_set_prediction).
 
-References (numbers as in the package docstring, rtdetrv2_np/__init__.py, plus):
+References (numbers as in the package docstring, rtdetrv2_np/__init__.py):
     [12] N. Carion et al., "End-to-End Object Detection with Transformers" (DETR), arXiv 2005.12872v3.
          §3.1: the optimal assignment, Eq. (1), found with the Hungarian algorithm; the Hungarian loss, Eq. (2).
     [13] H. Rezatofighi et al., "Generalized Intersection over Union: A Metric and A Loss for Bounding Box

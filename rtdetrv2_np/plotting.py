@@ -250,9 +250,15 @@ def plot_detections(image, detections, id2label=None, threshold=None, max_detect
         color = _tab10(int(labels[i]))
         ax.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, edgecolor=color, linewidth=2))
         above = y1 > 0.06 * H                                       # room above the box: the label goes there
-        tx, ty = min(max(x1, 0), 0.8 * W), y1 - 1 if above else max(y2, 0) + 1
-        while any(abs(tx - px) < 0.2 * W and abs(ty - py) < line for px, py in placed):
-            ty += line if not above or ty - line < line else -line  # a near-duplicate's label: stack it
+        tx, ty0 = min(max(x1, 0), 0.8 * W), y1 - 1 if above else max(y2, 0) + 1
+        step = -line if above else line                             # a near-duplicate's label: stack it away
+        ty = ty0
+        for k in range(1, 6):                                       # at most 5 moves (then it may overlap)
+            if not any(abs(tx - px) < 0.2 * W and abs(ty - py) < line for px, py in placed):
+                break
+            ty = ty0 + k * step
+            if not line <= ty <= H - line:                          # out of the image: stack the other way
+                ty = ty0 - k * step
         placed.append((tx, ty))
         ax.text(tx, ty, f"{_label(id2label, labels[i])} {scores[i]:.2f}", color="white", fontsize=fs,
                 va="bottom" if above else "top", ha="left", clip_on=True, zorder=4,

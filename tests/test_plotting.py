@@ -167,3 +167,15 @@ def test_coco_model_leaves_the_environment_alone(tmp_path, monkeypatch):
     model, real = plotting.coco_model()
     assert not real and "random weights" in model.source
     assert dict(os.environ) == before
+
+
+def test_plot_detections_stacks_labels_of_many_duplicates(tmp_path):
+    """100 detections of one box (an untrained or duplicate-prone model): the labels are stacked a bounded number of
+    times and the figure renders (an unbounded stacking loop once hung `detect --save` here)."""
+    image = np.zeros((64, 64, 3), np.uint8)
+    det = {"scores": np.linspace(0.9, 0.1, 100), "labels": np.zeros(100, int),
+           "boxes": np.tile([[10.0, 10.0, 30.0, 30.0]], (100, 1))}
+    fig = plotting.plot_detections(image, det, {0: "disc"}, max_detections=100, panel=4.0)
+    fig.savefig(tmp_path / "dup.png", dpi=DPI)
+    ys = sorted({round(t.get_position()[1], 3) for t in fig.axes[0].texts})
+    assert 2 <= len(ys) <= 6, ys                # stacked, and at most 5 moves from the box's edge

@@ -29,7 +29,7 @@
 # and **Fig. 4** (the overview).
 # [5] He et al., *Deep Residual Learning*, arXiv 1512.03385, §3.2, Eq. 1–2 (y = F(x) + x; a 1×1 projection W_s x
 # where the shape changes).
-# [6] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187v2, **§4.2 and Fig. 2** ("ResNet-B, -C,
+# [7] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187v2, **§4.2 and Fig. 2** ("ResNet-B, -C,
 # -D": the tweaks RT-DETR calls "vd").
 #
 # Code: `rtdetrv2_np/model/backbone.py` (all of it: 88 lines), primitives in `rtdetrv2_np/model/nn.py`.
@@ -137,7 +137,7 @@ check("BN folded into the conv", folded, batch_norm(conv2d(x8, w0, stride=2, pad
 check("... which is nn.conv_bn", folded, conv_bn(x8, w0, bn, stride=2, padding=1))
 
 # %% [markdown]
-# ## 3. What "vd" changes ([6] §4.2, Fig. 2)
+# ## 3. What "vd" changes ([7] §4.2, Fig. 2)
 #
 # A plain ResNet-18 starts with one 7×7 stride-2 convolution, and its down-sampling shortcut is a 1×1 convolution
 # with stride 2 — which simply ignores three of every four input pixels. The "vd" variant changes both:
@@ -273,7 +273,7 @@ for l in range(3):
 # ## Summary
 #
 # * A convolution is `W @ im2col(x)`; BatchNorm at inference is a per-channel scale and shift.
-# * ResNet-vd = ResNet + deep 3×3 stem + average-pool shortcut (+ stride on the 3×3 in bottlenecks) ([6] §4.2).
+# * ResNet-vd = ResNet + deep 3×3 stem + average-pool shortcut (+ stride on the 3×3 in bottlenecks) ([7] §4.2).
 # * The backbone hands the encoder three maps, `backbone.0/1/2` = S3, S4, S5, at strides 8, 16, 32
 #   (r18vd: 128, 256, 512 channels; r50vd: 512, 1024, 2048).
 #

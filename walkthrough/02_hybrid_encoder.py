@@ -30,8 +30,8 @@
 # variants of the ablation), **Table 3** (§5.2: variant D_S5, intra-scale interaction on S5 only, is faster *and*
 # better than D) and **Fig. 5** (the fusion block in CCFF). v3 calls the module **CCFF** (CNN-based Cross-scale
 # Feature Fusion); the earlier arXiv versions, the official code and transformers call it CCFM, so the code's
-# names say `ccfm`. [7] Vaswani et al., arXiv 1706.03762, §3.1 (encoder layer), §3.5 (sinusoidal positions).
-# [8] Ding et al., *RepVGG*, arXiv 2101.03697: §3.2 (training-time branches), §3.3, Eq. 3 and Fig. 4 (merging
+# names say `ccfm`. [8] Vaswani et al., arXiv 1706.03762, §3.1 (encoder layer), §3.5 (sinusoidal positions).
+# [9] Ding et al., *RepVGG*, arXiv 2101.03697: §3.2 (training-time branches), §3.3, Eq. 3 and Fig. 4 (merging
 # them into one 3×3 convolution).
 #
 # Code: `rtdetrv2_np/model/hybrid_encoder.py`.
@@ -100,7 +100,7 @@ for l in range(3):
 # ## 2. The 2-D sine-cosine position embedding
 #
 # Attention is blind to order, so AIFI adds a position code to the queries and keys. Each axis gets the
-# transformer's sinusoids ([7] §3.5) on C/4 frequencies `ω_i = 1 / 10000^(i / (C/4))`, and the four blocks are
+# transformer's sinusoids ([8] §3.5) on C/4 frequencies `ω_i = 1 / 10000^(i / (C/4))`, and the four blocks are
 # concatenated: channels `[sin(y·ω) | cos(y·ω) | sin(x·ω) | cos(x·ω)]`, tokens row-major (y is the row). By hand,
 # on a tiny 2 × 3 map with C = 8:
 
@@ -138,7 +138,7 @@ fig
 # ## 3. AIFI: attention-based intra-scale feature interaction ([1] Eq. 1)
 #
 # The H/32 × W/32 tokens of P5 (r18vd at 640×640: 400; the demo at 256×256: 64) go through one standard post-norm
-# transformer encoder layer ([7] §3.1):
+# transformer encoder layer ([8] §3.1):
 #
 # ```
 # x = LN1(x + MHA(q = k = x + pos, v = x))       # the position code goes into queries and keys, not values
@@ -220,8 +220,8 @@ print("per head, share on the box:", np.round(per_head, 2))
 # The fusion block of Fig. 5 is a CSP layer ("CSPRepLayer"): two 1×1 branches from the concatenated input, one of
 # them through three RepVGG blocks, summed (and a last 1×1 when the inner width C' = 0.5·C differs from C). A
 # RepVGG block here is `SiLU(BN(conv3x3(x)) + BN(conv1x1(x)))` — two branches at training time that can be merged
-# into one 3×3 convolution for deployment ([8] §3.3; we keep the two branches; the merge only changes rounding).
-# Unlike the original RepVGG block ([8] §3.2: `y = x + g(x) + f(x)`), RT-DETR's has **no identity branch**: only
+# into one 3×3 convolution for deployment ([9] §3.3; we keep the two branches; the merge only changes rounding).
+# Unlike the original RepVGG block ([9] §3.2: `y = x + g(x) + f(x)`), RT-DETR's has **no identity branch**: only
 # the 3×3 and the 1×1. By hand on a small input:
 
 # %%
@@ -303,7 +303,7 @@ plotting.plot_feature_maps(stages, ["encoder.input_proj.2", "encoder.aifi", "enc
 #    `encoder.output.0` and the detections (AP50 on 20 held-out scenes, `evaluate_shapes`)? Hint: patch
 #    `rtdetrv2_np.model.hybrid_encoder.sincos_position_embedding` for the duration of one call.
 # 2. Merge a RepVGG block's two branches into one 3×3 conv + bias (fold each BN into its conv, pad the 1×1 kernel
-#    to 3×3 and add, [8] §3.3) and check it against `rep_vgg_block`.
+#    to 3×3 and add, [9] §3.3) and check it against `rep_vgg_block`.
 # 3. Count the multiply-adds of AIFI on S5 and of the same layer on S3, for the demo model at 256×256 and for
 #    r18vd at 640×640 (C = 256, FFN 1024). Compare with [1] Table 3 (D against D_S5).
 # 4. transformers ≤ 4.x and the official code lay the position embedding out with rows and columns swapped on

@@ -157,8 +157,8 @@ def card(name, metrics, names):
         f"{tr['steps']:,} steps of batch 8 ({tr['steps'] * 8:,} scenes, none of the evaluation set);",
         f"- {tr['train_seconds'] / 3600:.1f} h of training on {metrics['hardware']}, 2 cores (CPU only, 1-2 threads, while "
         "other work shared the machine: the time is an upper bound);",
-        "- shipped weights: the exponential moving average of the weights (decay 0.9995), as the official recipe "
-        "ships its EMA.",
+        "- shipped weights: the exponential moving average of the weights (decay 0.9995, or the `--ema-decay` of a "
+        "command above from its start on), as the official recipe ships its EMA.",
         "",
         "## Evaluation",
         "",

@@ -7,8 +7,11 @@ reach the AP their model card states.
   from: a recording of other weights is refused, not compared.
 - The model card's figures: tools/ship_demo.py measured AP on the evaluation set and stored, beside the full-set
   figures, those of its first `subset` scenes (demo/models/metrics.json); the suite recomputes the subset figures with
-  the NumPy model and evaluator and requires them equal (to 1e-6: the same computation on the same machine
-  class; float32 summation order may move a score by ~1e-7, which can swap two equal-IoU detections' ranks).
+  the NumPy model and evaluator and requires them equal to AP_ATOL = 1e-3, the card's printed precision. Why not
+  closer: AP is a step function of the scores and boxes, and float32 rounding depends on how BLAS splits a product
+  over threads. Measured on the trained demo model, first 100 scenes: identical with OPENBLAS_NUM_THREADS=1 (the
+  setting ship_demo ran with), and up to 3.4e-4 apart (AP_S; AP 1.7e-4) with 2 threads, where two near-tied scores
+  swap ranks. A wrong model moves AP by far more (discrete sampling on the bilinear weights: -0.49).
 """
 
 import hashlib
@@ -28,7 +31,7 @@ from rtdetrv2_np.demo.shapes import CLASSES, EVAL_SEED, SIZE, make_scene
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = Path(demo_model_dir("demo")).parent / "metrics.json"
 CASES = {"demo": "demo_bilinear", "demo-discrete": "demo_discrete"}
-AP_ATOL = 1e-6      # see the module docstring
+AP_ATOL = 1e-3      # the card's precision; BLAS thread count moves AP by <= 3.4e-4 (module docstring)
 SHIPPED = [n for n in DEMO_MODELS if os.path.exists(os.path.join(demo_model_dir(n), "model.safetensors"))]
 
 

@@ -49,13 +49,15 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def training_facts(run):
+def training_facts(run, all_runs=()):
     log = [json.loads(s) for s in open(run / "log.jsonl")]
     evals = [json.loads(s) for s in open(run / "eval.jsonl")] if (run / "eval.jsonl").exists() else []
     last = log[-1]
-    # the commands as a user would type them: the run folder as runs/<name>, not this machine's path
-    commands = [s.strip().replace(str(run.resolve()), f"runs/{run.name}").replace(str(run), f"runs/{run.name}")
-                for s in open(run / "command.txt") if s.strip()]
+    # the commands as a user would type them: every run folder (this one, and the one a fine-tune's --init names)
+    # as runs/<name>, not this machine's path
+    commands = [s.strip() for s in open(run / "command.txt") if s.strip()]
+    for r in sorted({run, *all_runs}, key=lambda r: -len(str(r.resolve()))):
+        commands = [c.replace(str(r.resolve()), f"runs/{r.name}").replace(str(r), f"runs/{r.name}") for c in commands]
     steps, seconds = last["step"], last["seconds"]
     try:                                        # the saved state is exact (the log is written every 20 steps)
         import torch
@@ -200,7 +202,7 @@ def main():
     for name, run in runs.items():
         dst = copy_export(run, name)
         tensors, _ = read_safetensors(str(dst / "model.safetensors"))
-        metrics[name] = {"run": str(run.name), "training": training_facts(run),
+        metrics[name] = {"run": str(run.name), "training": training_facts(run, runs.values()),
                          "parameters": int(sum(t.size for k, t in tensors.items() if t.dtype.kind == "f" and not
                                                k.endswith(("running_mean", "running_var", "n_points_scale")))),
                          "file_bytes": (dst / "model.safetensors").stat().st_size,

@@ -44,6 +44,8 @@ References. One list for the whole package: every module cites these numbers.
     [12] N. Carion et al., "End-to-End Object Detection with Transformers" (DETR), arXiv 2005.12872v3. §3.1,
         Eq. (1)-(2): the one-to-one (Hungarian) assignment and loss that make a DETR need no NMS (matching.py).
     [13] H. Rezatofighi et al., "Generalized Intersection over Union", arXiv 1902.09630v2: GIoU (matching.py).
+    [14] T.-Y. Lin et al., "Microsoft COCO: Common Objects in Context", arXiv 1405.0312v3, and its detection
+        evaluation (pycocotools cocoeval.py): the AP that evaluate.py computes.
 
 Glossary of shape letters (every shape comment `# [B, Nq, M, K, 2]` in the package uses these):
     B         batch: images in one forward pass

@@ -27,7 +27,7 @@
 # **Paper references.**
 # [1] RT-DETR, arXiv 2304.08069v3, **§4.1** (backbone: ResNet, the last three stages S3, S4, S5 feed the encoder)
 # and **Fig. 4** (the overview).
-# [5] He et al., *Deep Residual Learning*, arXiv 1512.03385, §3.2, Eq. 1–2 (y = F(x) + x; a 1×1 projection W_s x
+# [6] He et al., *Deep Residual Learning*, arXiv 1512.03385v1, §3.2, Eq. 1–2 (y = F(x) + x; a 1×1 projection W_s x
 # where the shape changes).
 # [7] He et al., *Bag of Tricks for Image Classification*, arXiv 1812.01187v2, **§4.2 and Fig. 2** ("ResNet-B, -C,
 # -D": the tweaks RT-DETR calls "vd").
@@ -176,7 +176,7 @@ print(f"max-pool:    {list(h.shape)}")
 # has the same layout, narrower (printed below). Stage 0 keeps stride 4; the first block of every later stage
 # halves the resolution, and its shortcut is the average pool + 1×1 conv (weights under `shortcut.1`: index 0 of
 # the reference's `Sequential` is the parameter-free pool).
-# A basic block is `y = ReLU(BN(conv3x3(ReLU(BN(conv3x3_stride(x))))) + shortcut(x))` ([5] §3.2, Eq. 1–2).
+# A basic block is `y = ReLU(BN(conv3x3(ReLU(BN(conv3x3_stride(x))))) + shortcut(x))` ([6] §3.2, Eq. 1–2).
 
 # %%
 def basic_block(x, p, stride):

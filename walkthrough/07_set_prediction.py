@@ -33,11 +33,11 @@
 # [1] Zhao et al., *DETRs Beat YOLOs on Real-time Object Detection* (RT-DETR), arXiv 2304.08069v3: §1 and §3.1
 # (what NMS costs a detector that needs it), §4.3 (uncertainty-minimal query selection: the loss ties a query's
 # class score to the IoU of its box; the code does it with a varifocal loss).
-# [2] Carion et al., *End-to-End Object Detection with Transformers* (DETR), arXiv 2005.12872v3: **§3.1** (the
+# [12] Carion et al., *End-to-End Object Detection with Transformers* (DETR), arXiv 2005.12872v3: **§3.1** (the
 # object detection set prediction loss: the optimal assignment, Eq. 1, found with the Hungarian algorithm; the
 # Hungarian loss, Eq. 2; the box loss, L1 + generalized IoU).
-# [3] Rezatofighi et al., *Generalized Intersection over Union*, arXiv 1902.09630v2: §3, Algorithm 1 (GIoU).
-# [4] Lin et al., *Microsoft COCO*, arXiv 1405.0312, and the COCO detection evaluation (pycocotools `cocoeval.py`).
+# [13] Rezatofighi et al., *Generalized Intersection over Union*, arXiv 1902.09630v2: §3, Algorithm 1 (GIoU).
+# [14] Lin et al., *Microsoft COCO*, arXiv 1405.0312v3, and the COCO detection evaluation (pycocotools `cocoeval.py`).
 #
 # The matching cost is the one transformers 5.24 trains RT-DETRv2 with: `loss/loss_rt_detr.py`,
 # `RTDetrHungarianMatcher` (class cost weight 2, L1 weight 5, GIoU weight 2, focal α = 0.25, γ = 2: the `matcher_*`
@@ -100,7 +100,7 @@ print(f"{N_SCENES} scenes, {sum(len(obj) for _, obj in scenes)} objects; logits 
 # ## 1. Set prediction: one query per object
 #
 # A DETR answers with a fixed-size **set** of Nq predictions (class scores + box) and no order. Training must decide
-# which prediction should answer for which object. DETR [2] §3.1 decides it by a bipartite matching: over all
+# which prediction should answer for which object. DETR [12] §3.1 decides it by a bipartite matching: over all
 # ways σ of giving each of the G objects its own query, take the one of least total cost (Eq. 1),
 #
 # $$\hat\sigma = \arg\min_\sigma \sum_{j=1}^{G} \mathcal{C}(y_j, \hat y_{\sigma(j)}),$$
@@ -251,7 +251,7 @@ plt.show()
 # Nothing in inference removes a second box on the same object: `post_process_object_detection` only ranks and
 # thresholds. So if a model does put two confident queries on one object, both are reported. The one-to-one matching
 # makes that costly *in training* (one of the two is always a false positive in the loss), and a well-trained DETR
-# rarely does it: DETR [2] §4.2 (the ablation of decoder layers, Fig. 4) reports that NMS improves the predictions of
+# rarely does it: DETR [12] §4.2 (the ablation of decoder layers, Fig. 4) reports that NMS improves the predictions of
 # its first decoder layer and stops helping by the last, the later layers' self-attention letting the queries
 # suppress duplicates that the loss penalises. How well a given model has learned it is a measurement, so we
 # measure: the detections above 0.5 per scene, and how many are **near-duplicates** — IoU > 0.7 with a higher-scored
@@ -305,7 +305,7 @@ plt.show()
 #
 # ## 2. Average precision, the COCO way
 #
-# COCO's AP [4] scores a **ranked list** of detections:
+# COCO's AP [14] scores a **ranked list** of detections:
 #
 # 1. **IoU** of every detection with every object of the same image and class.
 # 2. **Greedy matching** per image and class at an IoU threshold t: detections in order of decreasing score; each
@@ -506,7 +506,7 @@ print(f"detections evaluated: {len(dt['score'])} vs {sum(len(d['scores']) for d 
 # ## 3. GIoU: an overlap measure that still points somewhere when there is no overlap
 #
 # IoU = |A ∩ B| / |A ∪ B| is 0 for every pair of disjoint boxes, near or far: as a loss, it gives no gradient to a
-# predicted box that misses its object. GIoU ([3] §3, Algorithm 1) subtracts the share of the smallest enclosing box
+# predicted box that misses its object. GIoU ([13] §3, Algorithm 1) subtracts the share of the smallest enclosing box
 # C that neither box covers:
 #
 # $$\mathrm{GIoU} = \mathrm{IoU} - \frac{|C \setminus (A \cup B)|}{|C|} = \mathrm{IoU} - \frac{|C| - |A \cup B|}{|C|},$$

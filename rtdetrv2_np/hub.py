@@ -475,8 +475,9 @@ def hf_hub_download(repo_id, filename, revision="main", cache_dir=None, progress
     cache = cache_dir or hub_cache_dir()
     folder = repo_folder(repo_id, cache)
     what = f"{repo_id}/{filename}@{revision}"
-    offline = is_offline() if offline is None else offline     # True: cache only (as HF_HUB_OFFLINE=1)
-    why_offline = "HF_HUB_OFFLINE is set" if is_offline() else "only the cache was to be used"
+    env_offline = is_offline()
+    offline = env_offline if offline is None else offline      # True: cache only (as HF_HUB_OFFLINE=1)
+    why_offline = "HF_HUB_OFFLINE is set" if env_offline else "only the cache was to be used"
 
     def from_cache(why_not_online):
         """The cached file, checked; None if there is none; RTDetrError if it is damaged (then deleted)."""

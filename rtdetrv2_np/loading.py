@@ -44,7 +44,7 @@ def load_model(source, method=None, revision="main", progress=None, fast=False, 
     dtype: np.float64 computes the reference path in float64 (the weights widened once), to measure the float32
     paths' rounding error; the fast path is float32 only.
     """
-    if np.dtype(dtype) not in (np.float32, np.float64):
+    if np.dtype(dtype) not in (np.float32, np.float64):      # before any download (Model.astype checks again)
         raise ValueError(f"dtype must be np.float32 or np.float64, not {dtype!r}")
     if fast and np.dtype(dtype) != np.float32:
         raise ValueError("the fast path computes in float32 only; use fast=False for float64")

@@ -22,6 +22,7 @@ from helpers import assert_close
 from test_model import case_model, load_case, pixel_values, query_permutation, reorder
 
 from rtdetrv2_np.fast import fast_model
+from rtdetrv2_np.fast.attention import discrete_texels
 
 FLOAT64 = Path(__file__).resolve().parent / "fixtures" / "float64"
 CASES = ["tiny_basic", "tiny_basic_discrete", "r18vd_640", "r18vd_640_discrete"]
@@ -34,13 +35,9 @@ FLIP_BOUND = 10         # texel flips per case: a flip needs u = loc * size + 0.
 
 
 def texels(loc, spatial, n_points):
-    """trunc(loc * size + 0.5), clamped: the texel discrete sampling reads, per coordinate (float64 arithmetic)."""
-    offs = np.cumsum([0] + list(n_points))
-    size = np.empty(loc.shape, np.float64)                             # [B, Nq, M, K, 2]
-    for l, (h, w) in enumerate(spatial):
-        size[..., offs[l]:offs[l + 1], 0] = w
-        size[..., offs[l]:offs[l + 1], 1] = h
-    return np.clip(np.trunc(loc.astype(np.float64) * size + 0.5), 0, size - 1)
+    """(column, row) of the texel discrete sampling reads at each location, computed as the sampling computes it (in
+    the locations' own dtype): fast.attention.discrete_texels."""
+    return np.stack(discrete_texels(loc, spatial, n_points))                      # [2, B, Nq, M, K]
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from rtdetrv2_np.fileio import atomic_write  # noqa: E402
 WALKTHROUGH = REPO / "walkthrough"
 DPI = 72                    # committed figures: readable on screen, small in git (a notebook's figures < ~1 MB)
 
@@ -97,16 +99,8 @@ def build(py, timeout=600):
                     os.environ[k] = v
     clean(nb)
     nbformat.validate(nb)
-    out = py.with_suffix(".ipynb")
-    fd, part = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            nbformat.write(nb, f)
-        os.chmod(part, 0o644)
-        os.replace(part, out)
-    except BaseException:
-        os.unlink(part)
-        raise
+    text = nbformat.writes(nb)
+    atomic_write(py.with_suffix(".ipynb"), (text if text.endswith("\n") else text + "\n").encode("utf-8"))
     return seconds
 
 

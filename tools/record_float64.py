@@ -11,7 +11,7 @@ exactly, and writes tests/fixtures/float64/<case>.npz + <case>.json:
                  topk_index  int64   [B, Nq]             the float64 run's query selection
     <case>.json  torch_f32_vs_f64: {stage: {"rms", "max", "scale"}} for the final outputs and the stages that
                  every path shares; for discrete sampling, "texel_flips": per decoder layer, how many sampling
-                 coordinates pick another texel in float32 than in float64 (trunc(loc * size + 0.5), clamped), with
+                 coordinates pick another texel in float32 than in float64 (discrete_texels: trunc(loc * size + 0.5), clamped), with
                  the float32 run's own sampling locations (each layer's locations depend on the earlier layers).
 
 tests/test_precision.py computes the same distances for the NumPy reference float32 path and the fast path against
@@ -35,8 +35,10 @@ import torch
 import transformers
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tools"))
 import record_reference as rr  # noqa: E402
+from rtdetrv2_np.fast.attention import discrete_texels  # noqa: E402
 
 OUT = REPO / "tests" / "fixtures" / "float64"
 CASES = ["tiny_basic", "tiny_basic_discrete", "r18vd_640", "r18vd_640_discrete"]
@@ -50,15 +52,10 @@ def distance(a32, a64):
 
 
 def texel_flips(loc32, loc64, spatial, n_points):
-    """Coordinates whose chosen texel differs: trunc(loc * size + 0.5) clamped to [0, size - 1], per axis."""
-    offs = np.cumsum([0] + list(n_points))
-    size = np.empty(loc64.shape, np.float64)                           # [B, Nq, M, K, 2]
-    for l, (h, w) in enumerate(spatial):
-        size[..., offs[l]:offs[l + 1], 0] = w
-        size[..., offs[l]:offs[l + 1], 1] = h
-    t32 = np.clip(np.trunc(loc32.astype(np.float64) * size + 0.5), 0, size - 1)
-    t64 = np.clip(np.trunc(loc64 * size + 0.5), 0, size - 1)
-    return int((t32 != t64).sum())
+    """Coordinates whose chosen texel differs: rtdetrv2_np.fast.attention.discrete_texels (trunc(loc * size + 0.5),
+    clamped, in each run's own dtype, as transformers computes it), column and row counted apart."""
+    return int((np.stack(discrete_texels(loc32, spatial, n_points))
+                != np.stack(discrete_texels(loc64, spatial, n_points))).sum())
 
 
 def shared_stages(rec, cfg):

@@ -3,6 +3,7 @@
     python benchmarks/benchmark.py                  # r18vd and r50vd, 640x640, batch 1 and 4: the full table
     python benchmarks/benchmark.py --quick          # a tiny model at 64x64: checks that the script works
     python benchmarks/benchmark.py --kernels        # per 3x3 conv shape: im2col vs Winograd (fast/prepare.py rule)
+    python benchmarks/benchmark.py --layers         # per conv layer shape: fast path vs PyTorch, where time goes
     python benchmarks/benchmark.py --variants r18vd --batch 1 --rounds 5 --json results.json
 
 What it does. For each variant a random-weight checkpoint (rtdetrv2_np.random_weights, seed 0: the same weights for
@@ -378,6 +379,104 @@ def kernel_sweep(a):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# --layers: where the fast path's convolution time goes, layer shape by layer shape, against PyTorch's
+# ----------------------------------------------------------------------------------------------------------------
+
+def layer_profile(a):
+    """Every convolution of the backbone and encoder, timed in the fast path and in PyTorch eager, summed per shape
+    (kernel size, stride, channels, input size), in one process with the passes alternating; per shape the pass
+    with the lowest total is kept. Fast path: each call of fast/detector.conv and conv1x1 (the convolution with its
+    folded BatchNorm, activation and residual). PyTorch: each module with a Conv2d child (conv + BatchNorm +
+    activation; a RepVGG block is its two such modules, 3x3 and 1x1, where the fast path runs one merged 3x3).
+    Python-level timers around every call cost a few microseconds each: compare rows, not the sum with the table."""
+    sys.path.insert(0, ROOT)
+    import torch
+    from transformers import RTDetrV2ForObjectDetection
+    import rtdetrv2_np.fast.detector as fd
+    from rtdetrv2_np import load_model
+    torch.set_num_threads(a.threads)
+    for variant in a.variants:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_checkpoint(variant, tmp)
+            fast = load_model(tmp, fast=True)
+            tm = RTDetrV2ForObjectDetection.from_pretrained(tmp, attn_implementation="eager").eval()
+        x = pixel_values(a.size, a.batch[0])
+        rows = {"fast": {}, "torch": {}}          # key -> [total seconds of the current pass, calls]
+        cur = {}
+
+        def record(side, key, seconds):
+            t = cur.setdefault(side, {}).setdefault(key, [0.0, 0])
+            t[0] += seconds
+            t[1] += 1
+
+        real_conv, real_1x1 = fd.conv, fd.conv1x1
+
+        def conv(x_, spec, *args, **kw):
+            t = time.perf_counter()
+            out = real_conv(x_, spec, *args, **kw)
+            c_out, c_in, k, _ = spec["shape"]
+            record("fast", (k, spec["stride"], c_in, c_out, x_.shape[2], x_.shape[3], spec["kernel"]),
+                   time.perf_counter() - t)
+            return out
+
+        def conv1x1(x_, w, *args, **kw):
+            t = time.perf_counter()
+            out = real_1x1(x_, w, *args, **kw)
+            record("fast", (1, 1, w.shape[1], w.shape[0], x_.shape[2], x_.shape[3], "1x1"), time.perf_counter() - t)
+            return out
+
+        for mod in tm.model.modules():
+            convs = [c for c in mod.children() if isinstance(c, torch.nn.Conv2d)]
+            if not convs:
+                continue
+            c = convs[0]
+
+            def pre(module, args, c=c):
+                module._t0 = time.perf_counter()
+
+            def post(module, args, out, c=c):
+                h, w = args[0].shape[2:]
+                record("torch", (c.kernel_size[0], c.stride[0], c.in_channels, c.out_channels, h, w, "torch"),
+                       time.perf_counter() - module._t0)
+            mod.register_forward_pre_hook(pre)
+            mod.register_forward_hook(post)
+        fd.conv, fd.conv1x1 = conv, conv1x1
+        try:
+            xt = torch.from_numpy(x)
+            for it in range(a.repeat + 1):         # pass 0 of each side is a warm-up (the fast path prepares)
+                for side in ("fast", "torch"):
+                    cur.clear()
+                    if side == "fast":
+                        fast(x)
+                    else:
+                        with torch.no_grad():
+                            tm(pixel_values=xt)
+                    for key, (secs, calls) in cur.get(side, {}).items():
+                        best = rows[side].get(key[:6])
+                        if it and (best is None or secs < best[0]):
+                            rows[side][key[:6]] = [secs, calls, key[6]]
+        finally:
+            fd.conv, fd.conv1x1 = real_conv, real_1x1
+        print(f"{variant} at {a.size[0]}x{a.size[1]}, batch {a.batch[0]}, {a.threads} threads: convolution "
+              f"milliseconds per shape (sum over its calls, best of {a.repeat} passes)")
+        print("| k | stride | C_in -> C_out | input | fast kernel | calls | fast ms | PyTorch ms | fast / PyTorch |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        keys = sorted(set(rows["fast"]) | set(rows["torch"]), key=lambda k: (-k[4] * k[5], k[2], k[0]))
+        tot = {"fast": 0.0, "torch": 0.0}
+        for k in keys:
+            f, t = rows["fast"].get(k), rows["torch"].get(k)
+            tot["fast"] += f[0] if f else 0
+            tot["torch"] += t[0] if t else 0
+            ratio = f"{f[0] / t[0]:.2f}" if f and t else "-"
+            fms = f"{f[0] * 1e3:.1f}" if f else "-"
+            tms = f"{t[0] * 1e3:.1f}" if t else "-"
+            print(f"| {k[0]} | {k[1]} | {k[2]} -> {k[3]} | {k[4]}x{k[5]} | {f[2] if f else '-'} | {(f or t)[1]} | "
+                  f"{fms} | {tms} | {ratio} |")
+        print(f"| all | | | | | | {tot['fast'] * 1e3:.1f} | {tot['torch'] * 1e3:.1f} | "
+              f"{tot['fast'] / tot['torch']:.2f} |")
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # The parent: checkpoints, rounds, the table
 # ----------------------------------------------------------------------------------------------------------------
 
@@ -426,6 +525,8 @@ def main():
     ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="a subset (default: all that are importable)")
     ap.add_argument("--quick", action="store_true", help="a tiny model at 64x64, batch 1 and 2, one round")
     ap.add_argument("--kernels", action="store_true", help="per-layer convolution sweep (see kernel_sweep)")
+    ap.add_argument("--layers", action="store_true",
+                    help="convolution time per layer shape, fast path vs PyTorch (see layer_profile)")
     ap.add_argument("--json", help="also write every round's measurements to this file")
     for hidden in ("--_impl", "--_dir", "--_onnx"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
@@ -437,6 +538,8 @@ def main():
         return run_one(a)
     if a.kernels:
         return kernel_sweep(a)
+    if a.layers:
+        return layer_profile(a)
     impls, missing = available()
     if a.runtimes:
         impls = [i for i in impls if i in a.runtimes]

@@ -81,27 +81,24 @@ def test_committed_outputs_are_current(py):
                                       f"{shipped[:12]})"
 
 
-@pytest.fixture(scope="module")
-def kernel_specs(tmp_path_factory):
-    """A kernel spec that runs this very interpreter (not whatever `python` is first on PATH)."""
-    from ipykernel.kernelspec import write_kernel_spec
-    from jupyter_client.kernelspec import KernelSpecManager
-    root = tmp_path_factory.mktemp("kernels")
-    write_kernel_spec(str(root / "this-python"), overrides={
-        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
-        "display_name": "this interpreter"})
-    return KernelSpecManager(kernel_dirs=[str(root)])
+def build_tool():
+    """tools/build_walkthrough.py as a module (its kernel_manager: a kernel that runs this very interpreter)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("build_walkthrough",
+                                                  WALKTHROUGH.parent / "tools" / "build_walkthrough.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.mark.parametrize("py", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs(py, kernel_specs, tmp_path, monkeypatch):
-    from jupyter_client.manager import KernelManager
+def test_notebook_runs(py, tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")            # inherited by the kernel: no downloads
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))   # and no cached checkpoint either
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     nb = jupytext.read(py)
-    km = KernelManager(kernel_name="this-python", kernel_spec_manager=kernel_specs)
+    km = build_tool().kernel_manager(tmp_path / "kernels")
     client = nbclient.NotebookClient(nb, km=km, timeout=300, resources={"metadata": {"path": str(tmp_path)}})
     start = time.perf_counter()
     try:

@@ -18,7 +18,8 @@ written, and the command exits with status 1.
 Figures are embedded as PNG at DPI dots per inch (an IPython profile in the temporary folder sets the inline
 backend's print_figure_kwargs; run by hand, the notebooks draw at matplotlib's own resolution), so that a committed
 notebook stays well under 1.5 MB. Execution timings and other volatile metadata are dropped, so rebuilding with the
-same weights changes only what the notebooks themselves print as varying (their run time).
+same weights changes only what the notebooks themselves print as varying (their run time); cells are
+numbered c00, c01, ... in order.
 """
 
 import argparse
@@ -59,9 +60,12 @@ def kernel_manager(root):
 
 
 def clean(nb):
-    """Drop volatile metadata (execution timings, the kernel's own language_info version strings)."""
-    for cell in nb.cells:
+    """Drop volatile metadata (execution timings, the kernel's own language_info version strings) and number the
+    cells "c00", "c01", ... (jupytext gives them new random ids on every conversion, which made every rebuild
+    change every cell in git)."""
+    for i, cell in enumerate(nb.cells):
         cell.metadata.pop("execution", None)
+        cell.id = f"c{i:02d}"
     nb.metadata.pop("widgets", None)
     nb.metadata["kernelspec"] = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
     return nb

@@ -2,7 +2,7 @@
 
     python benchmarks/benchmark.py                  # r18vd and r50vd, 640x640, batch 1 and 4: the full table
     python benchmarks/benchmark.py --quick          # a tiny model at 64x64: checks that the script works
-    python benchmarks/benchmark.py --kernels        # per 3x3 conv shape: im2col vs Winograd (fast/prepare.py rule)
+    python benchmarks/benchmark.py --kernels        # per 3x3 conv shape: im2col, row taps, Winograd (prepare.py rule)
     python benchmarks/benchmark.py --layers         # per conv layer shape: fast path vs PyTorch, where time goes
     python benchmarks/benchmark.py --variants r18vd --batch 1 --rounds 5 --json results.json
 
@@ -330,14 +330,15 @@ def peak_rss_mib():
 # ----------------------------------------------------------------------------------------------------------------
 
 def kernel_sweep(a):
-    """Every distinct 3x3 stride-1 convolution of the variants at the given size and batch: im2col vs Winograd
-    F(2,3) (and F(4,3)), alternating, best of --repeat; prints the speed-ups and the rule's current choice."""
+    """Every distinct 3x3 stride-1 convolution of the variants at the given size and batch: im2col, row taps and
+    Winograd F(2,3) (and F(4,3)), alternating, best of --repeat; prints the speed-ups over im2col and the rule's
+    current choice."""
     sys.path.insert(0, ROOT)
     import numpy as np
     import rtdetrv2_np.fast.conv as fc
     import rtdetrv2_np.model.nn as nn
     from rtdetrv2_np import build_model
-    from rtdetrv2_np.fast.prepare import WINOGRAD_MIN_CHANNELS, conv_kernel
+    from rtdetrv2_np.fast.prepare import ROW_TAPS_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS, conv_kernel
     from rtdetrv2_np.random_weights import random_params
     from rtdetrv2_np.weights import expected_shapes
     for variant in a.variants:
@@ -357,14 +358,15 @@ def kernel_sweep(a):
             nn.conv2d = real_conv
         shapes = sorted(set(seen), key=lambda s: (-s[2], s[0]))
         print(f"{variant} at {a.size[0]}x{a.size[1]}, batch {a.batch[0]}: speed-up over im2col (best of {a.repeat}); "
-              f"rule: Winograd from {WINOGRAD_MIN_CHANNELS} channels")
+              f"rule: Winograd from {WINOGRAD_MIN_CHANNELS} channels, row taps from {ROW_TAPS_MIN_CHANNELS}")
         rng = np.random.default_rng(0)
         for c_in, c_out, H, W in shapes:
             x = rng.standard_normal((c_in, a.batch[0], H, W)).astype(np.float32)
             w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
             b = np.zeros(c_out, np.float32)
-            U2, U4 = fc.winograd_filter(w, 2), fc.winograd_filter(w, 4)
+            U2, U4, WR = fc.winograd_filter(w, 2), fc.winograd_filter(w, 4), fc.row_taps_filter(w)
             algs = {"im2col": lambda: fc.conv_im2col(x, w, b, 1, 1, "relu"),
+                    "row taps": lambda: fc.conv_row_taps(x, WR, b, "relu"),
                     "F(2,3)": lambda: fc.conv_winograd(x, U2, b, 2, "relu"),
                     "F(4,3)": lambda: fc.conv_winograd(x, U4, b, 4, "relu")}
             best = {k: float("inf") for k in algs}
@@ -374,6 +376,7 @@ def kernel_sweep(a):
                     f()
                     best[k] = min(best[k], time.perf_counter() - t)
             print(f"  {c_in:4d} -> {c_out:4d} @ {H}x{W}: im2col {best['im2col'] * 1e3:7.2f} ms, "
+                  f"row taps x{best['im2col'] / best['row taps']:.2f}, "
                   f"F(2,3) x{best['im2col'] / best['F(2,3)']:.2f}, F(4,3) x{best['im2col'] / best['F(4,3)']:.2f}"
                   f"   (rule: {conv_kernel(c_out, c_in, 3, 1)})")
 

@@ -7,7 +7,8 @@ Tolerances, and why.
   Numerical Algorithms, 2nd ed., §3.1, Eq. 3.5, for any summation order). So a kernel's result must lie within
   gamma_n * (the same computation on absolute values) of the exact (float64) result, with n the longest chain of
   roundings any output passes through:
-    im2col / 1x1 GEMM   n = C_in*K*K + 1 (the dot product and the bias), absolute values |W| * |x| + |b|;
+    im2col / row taps / 1x1 GEMM   n = C_in*K*K + 1 (the dot product and the bias), absolute values |W| * |x| + |b|
+                        (row taps sum the same products in another order);
     Winograd F(m, 3)    every step is a sum of products too (input transform B^T d B, the GEMM over channels,
                         output transform A^T M A, the filter transform rounded once from float64): n = C_in +
                         2a + a*a + 2 (a = m + 2), absolute values |A^T| [(|G||g||G^T|) . (|B^T||d||B|)] |A| + |b|
@@ -41,6 +42,7 @@ import rtdetrv2_np.fast.prepare as fprep
 from rtdetrv2_np.model.detector import params_astype
 from rtdetrv2_np import build_model, load_model
 from rtdetrv2_np.fast import FastModel, fast_model
+from rtdetrv2_np.fast.detector import conv as fast_conv
 from rtdetrv2_np.fast.detector import csp, max_pool_3x3_s2, residual_block
 from rtdetrv2_np.model import deformable_attention as msda
 from rtdetrv2_np.model import hybrid_encoder, nn
@@ -123,6 +125,26 @@ def test_im2col_within_gemm_bound(shape, K, stride, padding, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", CONV_SHAPES)
+@pytest.mark.parametrize("K", [3, 5])
+@pytest.mark.parametrize("block", [fconv.ROW_TAPS_BLOCK, 150])
+def test_row_taps_within_gemm_bound(shape, K, block, monkeypatch):
+    """conv_row_taps (stride 1, same padding) against the float64 reference; block 150: bands of one or a few rows,
+    so halo rows, the first and last band's padding rows and an uneven last band are all exercised. Each output
+    is the sum of C_in*K*K products plus the bias, summed in another order than im2col's (K partial sums of
+    C_in*K products): the same bound, gamma(C_in*K*K + 1) * (|w| * |x| + |b|), holds for any summation order."""
+    B, C_in, C_out, H, W = shape
+    monkeypatch.setattr(fconv, "ROW_TAPS_BLOCK", block)
+    x, w, b = random_conv(B, C_in, C_out, H, W, K)
+    p = (K - 1) // 2
+    exact = nn.conv2d(x.astype(f64), w.astype(f64), b.astype(f64), 1, p)
+    bound = gamma(C_in * K * K + 1) * (nn.conv2d(np.abs(x).astype(f64), np.abs(w).astype(f64), None, 1, p) +
+                                       np.abs(b)[None, :, None, None]) + 1e-30
+    ours = fconv.conv_row_taps(cbhw(x), fconv.row_taps_filter(w), b).transpose(1, 0, 2, 3)
+    assert ours.dtype == f32 and ours.shape == exact.shape
+    within_bound(ours, exact, bound, f"row taps K{K} block {block} {shape}")
+
+
+@pytest.mark.parametrize("shape", CONV_SHAPES)
 def test_conv1x1_within_gemm_bound(shape):
     B, C_in, C_out, H, W = shape
     x, w, b = random_conv(B, C_in, C_out, H, W, 1)
@@ -168,7 +190,7 @@ def test_winograd_f23_as_accurate_as_im2col():
     assert f4 > 2 * f2, (f4, f2)                                    # why F(2,3) is the default (prepare.py)
 
 
-@pytest.mark.parametrize("kernel", ["im2col", "winograd", "1x1"])
+@pytest.mark.parametrize("kernel", ["im2col", "rowtaps", "winograd", "1x1"])
 def test_epilogue_residual_and_after_match_reference_order(kernel):
     """relu(conv + b + residual) then + after: the reference's order (backbone residual sum before the ReLU, the
     CSP branch sum after the activation). With im2col (the reference's own algorithm) the bits are the same."""
@@ -185,17 +207,33 @@ def test_epilogue_residual_and_after_match_reference_order(kernel):
     elif kernel == "1x1":
         ours = fconv.conv1x1(cbhw(x), w[:, :, 0, 0].copy(), b, "silu", res, after)
         tol = 1e-6                                                  # one GEMM for the batch vs one per image
+    elif kernel == "rowtaps":
+        ours = fconv.conv_row_taps(cbhw(x), fconv.row_taps_filter(w), b, "silu", res, after)
+        tol = 1e-6                                                  # 3 partial sums of 15 products vs one of 45
     else:
         ours = fconv.conv_winograd(cbhw(x), fconv.winograd_filter(w, 2), b, 2, "silu", res, after)
         tol = 1e-5                                                  # F(2,3) vs direct sum, scale ~3 (bound above)
     assert_close(ours, ref, tol, f"{kernel} epilogue")
 
 
-def test_thread_split_is_bit_identical(monkeypatch):
+# Kernel rules for the whole-model tests. "default": the per-layer rule of fast/prepare.py (the tiny models have
+# < 256 channels: row taps for every 3x3 stride-1 convolution); "winograd": every 3x3 stride-1 convolution by
+# Winograd F(2,3); "im2col": every one by im2col -- so the tiny cases test each kernel inside the whole model.
+PLANS = {"default": {}, "winograd": {"WINOGRAD_MIN_CHANNELS": 1},
+         "im2col": {"WINOGRAD_MIN_CHANNELS": 10 ** 6, "ROW_TAPS_MIN_CHANNELS": 10 ** 6}}
+
+
+def plan_rules(monkeypatch, plan):
+    for k, v in PLANS[plan].items():
+        monkeypatch.setattr(fprep, k, v)
+
+
+@pytest.mark.parametrize("plan", ["winograd", "default"])
+def test_thread_split_is_bit_identical(plan, monkeypatch):
     """Element-wise work split over threads gives the same bits as one thread (tiny_basic, every stage)."""
     meta, ref = load_case("tiny_basic")
     x = pixel_values(meta, ref)
-    monkeypatch.setattr(fprep, "WINOGRAD_MIN_CHANNELS", 1)          # every 3x3 stride-1 conv by Winograd
+    plan_rules(monkeypatch, plan)
     monkeypatch.setattr(fops, "THREADS", 1)
     one = fast_model(case_model("tiny_basic", meta)).trace(x)
     monkeypatch.setattr(fops, "THREADS", 3)
@@ -232,11 +270,11 @@ def tiny_params(name="tiny_basic"):
     return model.params["model"], model.config
 
 
-@pytest.mark.parametrize("winograd_min", [1, 10 ** 6])
-def test_residual_blocks_match_reference(winograd_min, monkeypatch):
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_residual_blocks_match_reference(plan, monkeypatch):
     """Every residual block of tiny_basic and tiny_bottleneck (stride 2, avg-pool shortcut, 1x1 shortcut, basic and
-    bottleneck), batch 2, odd non-square input, both convolution kernels."""
-    monkeypatch.setattr(fprep, "WINOGRAD_MIN_CHANNELS", winograd_min)
+    bottleneck), batch 2, odd non-square input, every 3x3 convolution kernel."""
+    plan_rules(monkeypatch, plan)
     for name in ("tiny_basic", "tiny_bottleneck"):
         p, cfg = tiny_params(name)
         plan = fprep.backbone_spec(p["backbone"]["model"], cfg)
@@ -255,11 +293,12 @@ def test_residual_blocks_match_reference(winograd_min, monkeypatch):
             c_in = c_out
 
 
+@pytest.mark.parametrize("plan", ["winograd", "default"])
 @pytest.mark.parametrize("upsampled_first", [True, False])
-def test_csp_block_with_merged_repvgg_matches_reference(upsampled_first, monkeypatch):
+def test_csp_block_with_merged_repvgg_matches_reference(upsampled_first, plan, monkeypatch):
     """fast csp (RepVGG merged, conv1+conv2 stacked, FPN half applied before the upsampling) against
     model/hybrid_encoder.csp_rep_layer on the concatenation it replaces; batch 2, non-square."""
-    monkeypatch.setattr(fprep, "WINOGRAD_MIN_CHANNELS", 1)
+    plan_rules(monkeypatch, plan)
     p, cfg = tiny_params()
     C = cfg.encoder_hidden_dim
     blocks = p["encoder"]["fpn_blocks" if upsampled_first else "pan_blocks"]
@@ -276,9 +315,11 @@ def test_csp_block_with_merged_repvgg_matches_reference(upsampled_first, monkeyp
     relative_check(ours, ref32, ref64, f"CSP block (upsampled first: {upsampled_first})")
 
 
-def test_repvgg_merge_is_one_conv():
-    """[RV] §3.4: conv3x3(x, W3) + b3 + conv1x1(x, W1) + b1 == conv3x3(x, W3 + pad(W1)) + b3 + b1 (im2col, so the
-    only difference is where the 1x1 products are summed), against model/hybrid_encoder.rep_vgg_block."""
+@pytest.mark.parametrize("plan", list(PLANS))
+def test_repvgg_merge_is_one_conv(plan, monkeypatch):
+    """[RV] §3.3: conv3x3(x, W3) + b3 + conv1x1(x, W1) + b1 == conv3x3(x, W3 + pad(W1)) + b3 + b1, against
+    model/hybrid_encoder.rep_vgg_block, with each 3x3 kernel."""
+    plan_rules(monkeypatch, plan)
     p, cfg = tiny_params()
     block = p["encoder"]["fpn_blocks"][0]["bottlenecks"][0]
     spec = fprep.rep_vgg_spec(block, "silu", cfg.batch_norm_eps)
@@ -286,10 +327,8 @@ def test_repvgg_merge_is_one_conv():
     x = rng.standard_normal((2, C, 5, 6)).astype(f32)
     ref32 = hybrid_encoder.rep_vgg_block(x, block, "silu", cfg.batch_norm_eps)
     ref64 = hybrid_encoder.rep_vgg_block(x.astype(f64), params_astype(block, f64), "silu", cfg.batch_norm_eps)
-    w = spec["U"] if spec["kernel"] == "winograd" else spec["w"]
-    ours = (fconv.conv_im2col(cbhw(x), w, spec["b"], 1, 1, "silu") if spec["kernel"] == "im2col" else
-            fconv.conv_winograd(cbhw(x), w, spec["b"], spec["m"], "silu")).transpose(1, 0, 2, 3)
-    relative_check(ours, ref32, ref64, "merged RepVGG block")
+    ours = fast_conv(cbhw(x), spec).transpose(1, 0, 2, 3)
+    relative_check(ours, ref32, ref64, f"merged RepVGG block ({spec['kernel']})")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -381,16 +420,6 @@ def test_bilinear_taps_equal_reference_taps():
 # ----------------------------------------------------------------------------------------------------------------
 # The whole fast model against the recorded PyTorch cases (the reference's own tests and tolerances)
 # ----------------------------------------------------------------------------------------------------------------
-
-# "default": the per-layer rule of fast/prepare.py (the tiny models have < 128 channels: im2col everywhere);
-# "winograd": every 3x3 stride-1 convolution by Winograd F(2,3), so the tiny cases test it too.
-PLANS = {"default": {}, "winograd": {"WINOGRAD_MIN_CHANNELS": 1}}
-
-
-def plan_rules(monkeypatch, plan):
-    for k, v in PLANS[plan].items():
-        monkeypatch.setattr(fprep, k, v)
-
 
 @pytest.mark.parametrize("plan", list(PLANS))
 @pytest.mark.parametrize("name", STAGE_CASES)
@@ -573,7 +602,8 @@ def test_method_override_and_fast_load():
 
 
 def test_plan_kernels_follow_the_rule():
-    """r18vd's plan: 1x1 as GEMM, 3x3 stride 1 by Winograd from 128 channels up, the rest im2col."""
+    """r18vd's plan: 1x1 as GEMM, 3x3 stride 1 by Winograd from 256 channels up and by row taps below, the rest
+    (strided) by im2col."""
     from rtdetrv2_np.random_weights import random_model
     model = fast_model(random_model("r18vd"))
     kinds = {}
@@ -589,8 +619,9 @@ def test_plan_kernels_follow_the_rule():
             for v in node:
                 walk(v)
     walk(model.plan)
-    assert kinds[(64, 64, 3, 1)] == "im2col" and kinds[(128, 128, 3, 1)] == "winograd"
+    assert kinds[(64, 64, 3, 1)] == "rowtaps" and kinds[(128, 128, 3, 1)] == "rowtaps"
     assert kinds[(512, 512, 3, 1)] == "winograd" and kinds[(256, 128, 3, 2)] == "im2col"
+    assert kinds[(32, 3, 3, 2)] == "im2col" and kinds[(32, 32, 3, 1)] == "rowtaps"
     assert kinds[(256, 128, 1, 1)] == "1x1"
     assert all(v != "winograd" for (c_out, c_in, k, s), v in kinds.items() if k != 3 or s != 1)
 

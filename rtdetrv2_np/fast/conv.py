@@ -7,6 +7,9 @@ References
          F(m, r) nested to 2-D, Y = A^T [(G g G^T) * (B^T d B)] A; the F(2x2, 3x3) and F(4x4, 3x3) matrices.
     [CS] Chellapilla, Puri & Simard, High Performance Convolutional Neural Networks for Document Processing,
          IWFHR 2006: convolution as "unfolding" (im2col) + one matrix product, as model/nn.conv2d computes it.
+    [VAG] Vasudevan, Anderson & Gregg, Parallel Multi Channel Convolution using General Matrix Multiplication,
+         arXiv 1704.04428: GEMM-based convolutions that copy less than im2col by summing the products of shifted
+         inputs; conv_row_taps is one such scheme (a partial im2col over the horizontal taps, shifts for the rest).
 
 Layout. The reference keeps PyTorch's [B, C, H, W]. Here every map is [C, B, H, W] (channel-major): the pixels of
 all images form one axis, so a 1x1 convolution of a whole batch is ONE matrix product W[C_out, C_in] @
@@ -99,6 +102,87 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
             np.matmul(w2, cols.reshape(C_in * K * K, n * Wo), out=band.reshape(C_out, n * Wo))
             epilogue_parallel(band, bias, act, None if residual is None else residual[:, b, y0:y0 + n],
                               None if after is None else after[:, b, y0:y0 + n])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# K x K stride 1, "same" padding: im2col over the K horizontal taps only, the K vertical taps as row shifts [VAG]
+# ----------------------------------------------------------------------------------------------------------------
+#
+# im2col copies every input pixel K*K times; for a stride-1 kernel most of that copy is redundant. Lay a band's
+# column matrix out as rows (c, kw) x flattened pixels (r, x): row (c, kw) holds channel c shifted left by kw - p
+# (the K horizontal taps only: K copies of the input, not K*K). Vertical tap kh of output row y reads input row
+# y + kh - p, which in this flattened layout is the same matrix shifted by kh whole rows. So ONE GEMM of the
+# stacked kernels W_all [K*C_out, C_in*K] (row block kh = the kernels' row kh) with the band's column matrix gives
+# every vertical tap's partial sum at every band row, and
+#     out[o, y, x] = sum_kh  Y[kh, o, (y + kh) * W + x]                         (K-1 shifted additions)
+# The band carries K-1 halo rows, so the GEMM does (n + K-1)/n of im2col's multiplications (a few % at the band
+# sizes below) on a K times smaller copy, in one long BLAS call (measured faster than K GEMMs of C_out rows each
+# accumulated one by one, and than im2col, on every r18vd 3x3 stride-1 shape below 256 channels: fast/__init__.py).
+
+ROW_TAPS_BLOCK = 1 << 22   # floats of a band's column matrix plus its GEMM output (16 MB): bands of 30-70 rows on
+                           # r18vd's shapes, so the halo rows add <= 7 % and each GEMM is long (measured: 8 MB
+                           # bands as fast, 4 MB ones up to 15 % slower at 32 -> 64 channels, 320x320)
+
+
+def row_taps_filter(w):
+    """w [C_out, C_in, K, K] (folded) -> W_all [K*C_out, C_in*K]: row kh*C_out + o, column c*K + kw holds
+    w[o, c, kh, kw], the layout conv_row_taps' single GEMM reads."""
+    C_out, C_in, K, _ = w.shape
+    return np.ascontiguousarray(w.transpose(2, 0, 1, 3).reshape(K * C_out, C_in * K))   # [K*C_out, C_in*K]
+
+
+def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
+    """Replaces model/nn.conv2d for a K x K kernel, stride 1, padding (K-1)//2 (odd K). x [C_in, B, H, W], w_all
+    [K*C_out, C_in*K] from row_taps_filter, bias [C_out] -> [C_out, B, H, W]. Algorithm: the block comment above.
+
+    Bands of n output rows per image (ROW_TAPS_BLOCK): the column matrix cols [C_in, K(kw), n+K-1, W] (the band's
+    rows and its K-1 halo rows; entries on the padding are zeros), filled by K copies per channel chunk; one GEMM
+    Y = W_all @ cols; the K shifted slices of Y summed into the output; the epilogue. Element-wise steps are split
+    over threads by channel.
+    """
+    C_in, B, H, W = x.shape
+    K = w_all.shape[1] // C_in
+    C_out = w_all.shape[0] // K
+    CK = C_in * K
+    p = (K - 1) // 2
+    rows = max(1, min(H, ROW_TAPS_BLOCK // ((CK + K * C_out) * W) - (K - 1)))     # output rows per band
+    out = np.empty((C_out, B, H, W), x.dtype)                                        # [C_out, B, H, W]
+    cbuf = np.empty(CK * (rows + K - 1) * W, x.dtype)
+    ybuf = np.empty(K * C_out * (rows + K - 1) * W, x.dtype)
+    for b in range(B):
+        for y0 in range(0, H, rows):
+            n = min(rows, H - y0)
+            R = n + K - 1                                                            # band rows with the halo
+            cols = cbuf[:CK * R * W].reshape(C_in, K, R, W)                          # [C_in, K, R, W]
+            r0, r1 = max(0, p - y0), min(R, H + p - y0)                              # rows inside the map
+            iy = y0 + r0 - p                                                         # first input row read
+
+            def fill(lo, hi):
+                for kw in range(K):
+                    c0, c1 = max(0, p - kw), min(W, W + p - kw)                      # columns inside the map
+                    tap = cols[lo:hi, kw]                                            # [c, R, W]
+                    tap[:, :r0] = 0
+                    tap[:, r1:] = 0
+                    tap[:, r0:r1, :c0] = 0
+                    tap[:, r0:r1, c1:] = 0
+                    tap[:, r0:r1, c0:c1] = x[lo:hi, b, iy:iy + r1 - r0, c0 + kw - p:c1 + kw - p]
+            parallel(fill, C_in, cols.size)
+            Y = ybuf[:K * C_out * R * W].reshape(K, C_out, R * W)                    # [K, C_out, R*W]
+            np.matmul(w_all, cols.reshape(CK, R * W), out=Y.reshape(K * C_out, R * W))
+            band = out[:, b, y0:y0 + n].reshape(C_out, n * W)                        # [C_out, n*W] (a view)
+
+            def shifted_sum(lo, hi):
+                if K == 1:
+                    np.copyto(band[lo:hi], Y[0, lo:hi, :n * W])
+                else:
+                    np.add(Y[0, lo:hi, :n * W], Y[1, lo:hi, W:(n + 1) * W], out=band[lo:hi])
+                for kh in range(2, K):
+                    band[lo:hi] += Y[kh, lo:hi, kh * W:(kh + n) * W]
+                epilogue(band[lo:hi].reshape(hi - lo, n, W), None if bias is None else bias[lo:hi], act,
+                         None if residual is None else residual[lo:hi, b, y0:y0 + n],
+                         None if after is None else after[lo:hi, b, y0:y0 + n])
+            parallel(shifted_sum, C_out, band.size * K)
     return out
 
 

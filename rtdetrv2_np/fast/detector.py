@@ -17,7 +17,7 @@ from ..model.hybrid_encoder import sincos_position_embedding
 from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, sigmoid, topk
 from ..model.query_selection import anchor_grid, generate_anchors
 from .attention import deformable_attention, encoder_layer, linear, self_attention
-from .conv import conv1x1, conv_im2col, conv_winograd
+from .conv import conv1x1, conv_im2col, conv_row_taps, conv_winograd
 from .ops import epilogue_parallel, layer_norm_
 from .prepare import prepare
 
@@ -28,6 +28,8 @@ def conv(x, spec, residual=None, after=None):
         return conv1x1(x, spec["w"], spec["b"], spec["act"], residual, after)
     if spec["kernel"] == "winograd":
         return conv_winograd(x, spec["U"], spec["b"], spec["m"], spec["act"], residual, after, spec["padding"])
+    if spec["kernel"] == "rowtaps":
+        return conv_row_taps(x, spec["w"], spec["b"], spec["act"], residual, after)
     return conv_im2col(x, spec["w"], spec["b"], spec["stride"], spec["padding"], spec["act"], residual, after)
 
 

@@ -17,12 +17,14 @@ What is derived (each item names the reference computation it replaces):
                                                       the 2x upsampling (a 1x1 convolution commutes with it)
     q_proj + k_proj -> one [2C, C] matrix            model/nn.multi_head_attention (q and k share their input)
     sampling_offsets + attention_weights -> one      model/deformable_attention (both read the same query)
-    3x3 stride-1 kernels -> Winograd U = G g G^T     model/nn.conv2d (conv_winograd, per CONV_RULES)
+    3x3 stride-1 kernels -> Winograd U = G g G^T     model/nn.conv2d (conv_winograd, per conv_kernel)
+      or -> stacked row-tap matrix                    model/nn.conv2d (conv_row_taps, per conv_kernel)
 
 Per-layer kernel choice (`conv_kernel`): a 1x1 stride-1 convolution is a plain GEMM; a 3x3 stride-1 one uses
-Winograd F(2x2, 3x3) when both its channel counts are >= WINOGRAD_MIN_CHANNELS; everything else uses im2col.
-Below that width the Winograd transforms (element-wise NumPy passes over 4x the map) cost more than the
-multiplications they save (measured ratios: rtdetrv2_np/fast/__init__.py; re-measure with
+Winograd F(2x2, 3x3) when both its channel counts are >= WINOGRAD_MIN_CHANNELS, and row taps (conv_row_taps: a
+K-times smaller im2col plus row shifts) below that; strided convolutions use im2col. Below 256 channels the
+Winograd transforms (element-wise NumPy passes over 4x the map) cost more than the multiplications they save, and
+row taps beat both there (measured ratios: rtdetrv2_np/fast/__init__.py; re-measure with
 benchmarks/benchmark.py --kernels).
 """
 
@@ -31,21 +33,25 @@ import numpy as np
 from ..model.backbone import shortcut_layout
 from ..model.deformable_attention import points_scale
 from ..model.nn import bn_scale_shift
-from .conv import winograd_filter
+from .conv import row_taps_filter, winograd_filter
 
-# Winograd for 3x3 stride-1 convolutions with min(C_in, C_out) >= this (see the module docstring).
-WINOGRAD_MIN_CHANNELS = 128
+# Winograd for 3x3 stride-1 convolutions with min(C_in, C_out) >= this; below it, row taps from
+# ROW_TAPS_MIN_CHANNELS (so: always); im2col for the rest (see the module docstring).
+WINOGRAD_MIN_CHANNELS = 256
+ROW_TAPS_MIN_CHANNELS = 1
 # Output tile size m of F(m x m, 3 x 3): 2 (as accurate as the direct sum) or 4 (fewer multiplications, ~8x the
 # rounding error and 2.25x the filter memory of the original kernel; measured in tests/test_fast.py).
 WINOGRAD_TILE = 2
 
 
 def conv_kernel(c_out, c_in, k, stride):
-    """Which kernel runs a convolution: "1x1", "winograd" or "im2col" (module docstring)."""
+    """Which kernel runs a convolution: "1x1", "winograd", "rowtaps" or "im2col" (module docstring)."""
     if k == 1 and stride == 1:
         return "1x1"
     if k == 3 and stride == 1 and min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS:
         return "winograd"
+    if stride == 1 and min(c_in, c_out) >= ROW_TAPS_MIN_CHANNELS:
+        return "rowtaps"
     return "im2col"
 
 
@@ -62,6 +68,8 @@ def conv_spec(w, b, stride=1, act=None):
     elif spec["kernel"] == "winograd":
         spec["U"] = winograd_filter(w, WINOGRAD_TILE)                             # [a*a, C_out, C_in]
         spec["m"] = WINOGRAD_TILE
+    elif spec["kernel"] == "rowtaps":
+        spec["w"] = row_taps_filter(w)                                            # [K*C_out, C_in*K]
     else:
         spec["w"] = np.ascontiguousarray(w)                                       # [C_out, C_in, K, K]
     return spec

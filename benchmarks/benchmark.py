@@ -21,10 +21,10 @@ per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI
 input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs
 the whole graph at once: no breakdown.
 
-Threads: --threads (default: the cores this process may use) for every runtime: OPENBLAS_NUM_THREADS and
-RTDETRV2_NP_THREADS for NumPy, torch.set_num_threads, ONNX Runtime's intra_op_num_threads. The row "fast, 1
-element-wise thread" is the fast path with RTDETRV2_NP_THREADS=1 (BLAS still on every thread): it measures the
-lever of splitting NumPy's element-wise work over the cores (fast/ops.py), which only a quiet machine can judge.
+Threads: --threads (default: the cores this process may use) for every runtime: OPENBLAS_NUM_THREADS for NumPy,
+torch.set_num_threads, ONNX Runtime's intra_op_num_threads. The fast path runs as installed (element-wise work in
+one thread, fast/ops.py); the row "fast, element-wise split" is the fast path with RTDETRV2_NP_THREADS=--threads:
+it measures the lever of splitting NumPy's element-wise work over the cores, which only a quiet machine can judge.
 
 Requirements: the package's own (numpy, ...) for the NumPy paths; torch + transformers for PyTorch (pip install -e
 ".[reference]" in a separate environment); onnx + onnxruntime for ONNX Runtime. A runtime that is not importable is
@@ -46,8 +46,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE = os.path.join(ROOT, "tests", "data", "coco_000000039769.png")
 STAGES = ("backbone", "encoder", "query", "decoder", "post")
-RUNTIMES = ("reference", "fast", "fast1", "torch", "onnx")
-LABELS = {"reference": "rtdetrv2_np reference", "fast": "rtdetrv2_np fast", "fast1": "fast, 1 element-wise thread",
+RUNTIMES = ("reference", "fast", "fastsplit", "torch", "onnx")
+LABELS = {"reference": "rtdetrv2_np reference", "fast": "rtdetrv2_np fast", "fastsplit": "fast, element-wise split",
           "torch": "PyTorch eager", "onnx": "ONNX Runtime"}
 
 # --quick: a tiny basic-block architecture (the shape of tests/fixtures/reference/tiny_basic) at 64x64
@@ -291,7 +291,7 @@ def run_one(a):
     """Subprocess body: load, one first pass, a.repeat timed passes; prints one JSON line."""
     x = pixel_values(a.size, a.batch)
     clock = StageClock()
-    if a._impl in ("reference", "fast", "fast1"):
+    if a._impl in ("reference", "fast", "fastsplit"):
         load, run, info = numpy_runtime(a._impl, a._dir, x, clock)
     elif a._impl == "torch":
         load, run, info = torch_runtime(a._dir, x, clock, a.threads)
@@ -484,7 +484,7 @@ def layer_profile(a):
 # ----------------------------------------------------------------------------------------------------------------
 
 def available():
-    impls = ["reference", "fast", "fast1"]
+    impls = ["reference", "fast", "fastsplit"]
     missing = []
     for impl, mods in (("torch", ("torch", "transformers")), ("onnx", ("torch", "transformers", "onnx",
                                                                       "onnxruntime"))):
@@ -548,8 +548,8 @@ def main():
         impls = [i for i in impls if i in a.runtimes]
     for m in missing:
         print(f"left out: {m}", file=sys.stderr)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), RTDETRV2_NP_THREADS=str(a.threads),
-               OMP_NUM_THREADS=str(a.threads))
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
+    env.pop("RTDETRV2_NP_THREADS", None)          # the fast path as installed; "fastsplit" sets it
     configs = [(v, b) for v in a.variants for b in a.batch]
     results, rounds, flops, exports = {}, [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -571,7 +571,7 @@ def main():
                            "--threads", str(a.threads)]
                     if impl == "onnx":
                         cmd += ["--_onnx", exports[(v, b)][0]]
-                    run_env = dict(env, RTDETRV2_NP_THREADS="1") if impl == "fast1" else env
+                    run_env = dict(env, RTDETRV2_NP_THREADS=str(a.threads)) if impl == "fastsplit" else env
                     out = subprocess.run(cmd, capture_output=True, text=True, env=run_env)
                     if out.returncode:
                         raise SystemExit(f"{impl} on {v} batch {b} failed:\n{out.stderr[-3000:]}")

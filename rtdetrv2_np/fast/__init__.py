@@ -12,8 +12,9 @@ Everything the reference forward supports is supported (the five variants and an
 discrete sampling, batches, non-square inputs, per-level point counts, eval_idx, trace). float32 only: float64
 pixel values are computed in float32 (rtdetrv2_np.model is the float64 path).
 
-    conv.py       convolutions on channel-major maps [C, B, H, W]: 1x1 as one GEMM, 3x3 stride 1 by Winograd
-                  F(2x2, 3x3) [LG], the rest by im2col [CS]          replaces model/nn.conv2d (+ conv_bn)
+    conv.py       convolutions on channel-major maps [C, B, H, W]: 1x1 as one GEMM, 3x3 stride 1 by row taps
+                  [VAG] or (from 256 channels) Winograd F(2x2, 3x3) [LG], the rest by im2col [CS]
+                                                                    replaces model/nn.conv2d (+ conv_bn)
     attention.py  self-attention as batched GEMMs; multi-scale deformable attention with one gather of every tap
                   of every level and one batched product           replaces model/nn.multi_head_attention,
                                                                     model/deformable_attention.*
@@ -27,25 +28,34 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     BatchNorm folded once (prepare)         the reference refolds on every call: ~4 % of its forward pass
     Winograd F(2,3), 3x3 stride 1           per layer, vs im2col: 512 channels 1.5-1.9x, 256: 1.3-1.7x, 128: 1.0-1.2x,
                                             64: 0.6x, 32: 0.5x (the transforms' NumPy passes cost more than the
-                                            multiplications saved), hence Winograd from 128 channels
-                                            (prepare.WINOGRAD_MIN_CHANNELS); F(4,3) was never faster than F(2,3) here
+                                            multiplications saved); F(4,3) was never faster than F(2,3) here
                                             and has ~8x its rounding error: not used (prepare.WINOGRAD_TILE)
       - output transform as one GEMM        2x on that step against 24 element-wise passes
       - bands of ~512 tiles                 1.2-1.7x against bands 4x larger or smaller (conv.WINOGRAD_TILES)
+    row taps, 3x3 stride 1 (conv_row_taps)  vs im2col, on a quiet machine (benchmarks/benchmark.py --kernels, 2 threads,
+                                            r18vd and r50vd shapes at 640x640): 32 channels @ 320x320 1.2-2.1x,
+                                            64 @ 160 1.9x, 128 @ 80 1.8-2.0x (Winograd 1.1-1.25x), 128 @ 40 1.5x
+                                            (Winograd 1.3x), 256 @ 80/40/20 1.3-1.8x (Winograd 1.3-1.8x: within
+                                            10 % of each other), 512 @ 20 1.3-1.5x (Winograd 1.65-1.8x): row taps
+                                            below 256 channels, Winograd from 256 (prepare.WINOGRAD_MIN_CHANNELS)
     RepVGG merge, CSP conv1+conv2 stacked, FPN 1x1 before the upsampling    encoder 1.3x (r18vd), 1.45x (r50vd)
     separable, unpadded max pool            3x (0.07 -> 0.02 s)
     box head on the Nq selected rows only   query selection 2.4x
     deformable attention, one gather        1.75x bilinear, 4x discrete (batch 4: 1.8x, 6x)
     self-attention, stacked q/k GEMM        1.2x
-    element-wise work split over 2 threads  not measurable here (with the cores busy it lost: 3.05 s vs 2.50 s
-                                            wall); benchmarks/benchmark.py reports the fast path both ways
-    the whole forward pass                  r18vd 1.34x (0.75 of the reference's time), r50vd 1.24x (0.81)
+    element-wise work split over 2 threads  lost on a quiet machine: slower in 13 of 18 paired rounds, by a median
+                                            10 % (OpenBLAS's spinning worker threads compete with it): off by default
+                                            (ops.THREADS; benchmarks/benchmark.py reports the fast path both ways)
+    the whole forward pass                  r18vd 1.5x (0.66 of the reference's time), r50vd 1.24x (0.81), in the
+                                            README's benchmark run
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
---kernels option re-measures the per-layer Winograd / im2col choice there.
+--kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 
 References (besides the package's [1]-[11]):
     [LG] Lavin & Gray, Fast Algorithms for Convolutional Neural Networks, arXiv 1509.09308.
     [CS] Chellapilla, Puri & Simard, High Performance Convolutional Neural Networks for Document Processing, 2006.
+    [VAG] Vasudevan, Anderson & Gregg, Parallel Multi Channel Convolution using General Matrix Multiplication,
+         arXiv 1704.04428.
     [RV] Ding et al., RepVGG: Making VGG-style ConvNets Great Again, arXiv 2101.03697, §3.3.
     [IS] Ioffe & Szegedy, Batch Normalization, arXiv 1502.03167, §3.1-3.2.
 """

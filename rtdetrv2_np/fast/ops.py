@@ -1,8 +1,8 @@
 """Small shared pieces of the fast path: the bias / residual / activation epilogue and a thread split of
 element-wise work.
 
-Both cores outside BLAS. NumPy releases the GIL inside its element-wise loops (ufuncs, take, copies) on float
-arrays, so Python threads that each run such calls on their own rows of an array run at the same time.
+Cores outside BLAS (opt-in: THREADS). NumPy releases the GIL inside its element-wise loops (ufuncs, take, copies)
+on float arrays, so Python threads that each run such calls on their own rows of an array run at the same time.
 `parallel` splits a range of rows (channels, queries) into contiguous chunks, one per thread. Every element is
 computed by exactly the same operations as without the split, so results are bit-identical whatever the number of
 threads (tests/test_fast.py checks it). BLAS calls are never split this way: the BLAS library already uses every
@@ -17,16 +17,12 @@ import numpy as np
 from ..model.nn import ACTIVATIONS
 
 
-def _cores():
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:                                   # not on Linux
-        return os.cpu_count() or 1
-
-
-# Threads for element-wise work: one per core this process may run on, at most 4 (beyond that memory bandwidth,
-# not compute, bounds these operations). RTDETRV2_NP_THREADS=n overrides it; 1 runs everything in the caller.
-THREADS = max(1, int(os.environ.get("RTDETRV2_NP_THREADS", "0") or 0) or min(4, _cores()))
+# Threads for element-wise work: 1 by default (everything runs in the caller; BLAS still uses every core inside
+# each GEMM). Measured on a quiet 2-core machine (benchmarks/benchmark.py, r18vd and r50vd at 640x640, batch 1, two
+# runs of 5 and 4 interleaved rounds): splitting over both cores made the forward pass slower in 13 of 18 paired
+# rounds, by a median 10 % -- OpenBLAS's worker threads keep spinning for a while after each GEMM, and the split
+# competes with them for the cores. RTDETRV2_NP_THREADS=n splits over n threads (benchmarks/benchmark.py reports the fast path both ways).
+THREADS = max(1, int(os.environ.get("RTDETRV2_NP_THREADS", "1") or 1))
 MIN_PARALLEL = 1 << 16   # elements below which a split costs more (thread hand-off, ~20 us) than it saves
 
 _pool = None

@@ -164,8 +164,9 @@ def sigmoid(x):
 
 def silu(x, out=None):
     """torch.nn.functional.silu: x * sigmoid(x), computed as x / (1 + exp(-x)) (one division, one temporary)."""
+    t = np.negative(x)
     with np.errstate(over="ignore"):
-        t = np.exp(-x)
+        np.exp(t, out=t)
     t += 1
     return np.divide(x, t, out=out)
 

@@ -216,6 +216,19 @@ def test_epilogue_residual_and_after_match_reference_order(kernel):
     assert_close(ours, ref, tol, f"{kernel} epilogue")
 
 
+@pytest.mark.parametrize("act", ["silu", "relu", "gelu"])
+def test_epilogue_in_chunks_is_bit_identical(act, monkeypatch):
+    """fast/ops.epilogue cut into chunks of rows (EPILOGUE_BLOCK) gives the bits of one piece: every step is
+    element-wise. Block 7: chunks of one row here (rows of 12 values), and an uneven last chunk with 13 rows of 5."""
+    x = rng.standard_normal((13, 2, 2, 3)).astype(f32)
+    bias, res, after = (rng.standard_normal(s).astype(f32) for s in ((13,), x.shape, x.shape))
+    whole = fops.epilogue(x.copy(), bias, act, res, after)
+    monkeypatch.setattr(fops, "EPILOGUE_BLOCK", 7)
+    assert_close(fops.epilogue(x.copy(), bias, act, res, after), whole, 0, f"{act} epilogue in 1-row chunks")
+    monkeypatch.setattr(fops, "EPILOGUE_BLOCK", 60)
+    assert_close(fops.epilogue(x.copy(), bias, act, res, after), whole, 0, f"{act} epilogue in 5-row chunks")
+
+
 # Kernel rules for the whole-model tests. "default": the per-layer rule of fast/prepare.py (the tiny models have
 # < 256 channels: row taps for every 3x3 stride-1 convolution); "winograd": every 3x3 stride-1 convolution by
 # Winograd F(2,3); "im2col": every one by im2col -- so the tiny cases test each kernel inside the whole model.

@@ -52,23 +52,32 @@ def parallel(fn, n, size=None):
         f.result()                                           # re-raises a worker's exception here
 
 
+EPILOGUE_BLOCK = 1 << 17   # floats per epilogue chunk (512 KB, an L2): measured on SiLU over 256 x 80 x 80, a 1.6 M
+                           # value map in one piece took 8.7 ms, in chunks of 100-400 K values 6.5 ms (NumPy's exp
+                           # and its temporaries stay in cache)
+
+
 def epilogue(x, bias=None, act=None, residual=None, after=None):
     """x += bias; x += residual; x = act(x); x += after -- in place, row by row (x [C, ...], bias [C]).
 
     The operations and their order are those of the reference: a convolution's folded BatchNorm shift
     (model/nn.conv2d `out += bias`), a residual sum before the activation (model/backbone.residual_block
     `y += s` then ReLU), model/nn.activation_, and a sum after the activation (model/hybrid_encoder.csp_rep_layer
-    `a += conv2(x)`). The same ufuncs on the same values give the same bits. Runs in the calling thread: callers
-    split rows with `parallel` (see epilogue_parallel).
+    `a += conv2(x)`). The same ufuncs on the same values give the same bits. In chunks of rows of at most
+    EPILOGUE_BLOCK values (every operation is element-wise: the same bits however x is cut). Runs in the calling
+    thread: callers split rows with `parallel` (see epilogue_parallel).
     """
-    if bias is not None:
-        x += bias.reshape((-1,) + (1,) * (x.ndim - 1))
-    if residual is not None:
-        x += residual
-    if act is not None:
-        ACTIVATIONS[act](x, out=x)
-    if after is not None:
-        x += after
+    step = max(1, EPILOGUE_BLOCK // max(1, x[0].size)) if x.shape[0] else 1     # rows per chunk
+    for r in range(0, x.shape[0], step):
+        xc = x[r:r + step]
+        if bias is not None:
+            xc += bias[r:r + step].reshape((-1,) + (1,) * (x.ndim - 1))
+        if residual is not None:
+            xc += residual[r:r + step]
+        if act is not None:
+            ACTIVATIONS[act](xc, out=xc)
+        if after is not None:
+            xc += after[r:r + step]
     return x
 
 

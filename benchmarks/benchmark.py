@@ -404,8 +404,8 @@ def layer_profile(a):
             fast = load_model(tmp, fast=True)
             tm = RTDetrV2ForObjectDetection.from_pretrained(tmp, attn_implementation="eager").eval()
         x = pixel_values(a.size, a.batch[0])
-        rows = {"fast": {}, "torch": {}}          # key -> [total seconds of the current pass, calls]
-        cur = {}
+        cur = {}                                  # side -> key -> [seconds in the current pass, calls]
+        rows = {"fast": {}, "torch": {}}          # side -> shape -> [seconds, calls, kernel] of the best pass
 
         def record(side, key, seconds):
             t = cur.setdefault(side, {}).setdefault(key, [0.0, 0])
@@ -434,7 +434,7 @@ def layer_profile(a):
                 continue
             c = convs[0]
 
-            def pre(module, args, c=c):
+            def pre(module, args):
                 module._t0 = time.perf_counter()
 
             def post(module, args, out, c=c):

@@ -55,6 +55,20 @@ def _valid(n_out, n_in, k, stride, padding):
     return lo, max(lo, hi)
 
 
+def _place(tap, src, r0, r1, c0, c1):
+    """One tap's slice of a column matrix: tap [c, rows, cols] gets src in [r0, r1) x [c0, c1) -- the pixels the
+    tap sees inside the map -- and zeros in the strips around it, which fall on the padding (so the padding is
+    never materialised)."""
+    if r1 <= r0 or c1 <= c0:
+        tap[...] = 0
+        return
+    tap[:, :r0] = 0
+    tap[:, r1:] = 0
+    tap[:, r0:r1, :c0] = 0
+    tap[:, r0:r1, c1:] = 0
+    tap[:, r0:r1, c0:c1] = src
+
+
 def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, after=None):
     """Replaces model/nn.conv2d for any square kernel and stride. x [C_in, B, H, W], w [C_out, C_in, K, K] (folded)
     -> [C_out, B, Ho, Wo], Ho = (H + 2*padding - K) // stride + 1.
@@ -85,18 +99,10 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
                     r0, r1 = max(ys[kh][0], y0) - y0, min(ys[kh][1], y0 + n) - y0   # band rows inside the map
                     for kw in range(K):
                         c0, c1 = xs[kw]
-                        tap = cols[lo:hi, kh, kw]                                # [c, n, Wo]
-                        if r1 <= r0 or c1 <= c0:
-                            tap[...] = 0
-                            continue
-                        tap[:, :r0] = 0
-                        tap[:, r1:] = 0
-                        tap[:, r0:r1, :c0] = 0
-                        tap[:, r0:r1, c1:] = 0
                         iy = (y0 + r0) * stride + kh - padding                   # first input row / column read
                         ix = c0 * stride + kw - padding
-                        tap[:, r0:r1, c0:c1] = x[lo:hi, b, iy:iy + stride * (r1 - r0 - 1) + 1:stride,
-                                                 ix:ix + stride * (c1 - c0 - 1) + 1:stride]
+                        _place(cols[lo:hi, kh, kw], x[lo:hi, b, iy:iy + stride * (r1 - r0 - 1) + 1:stride,
+                                                      ix:ix + stride * (c1 - c0 - 1) + 1:stride], r0, r1, c0, c1)
             parallel(fill, C_in, cols.size)
             band = out[:, b, y0:y0 + n]                                          # [C_out, n, Wo] (a view)
             np.matmul(w2, cols.reshape(C_in * K * K, n * Wo), out=band.reshape(C_out, n * Wo))
@@ -150,6 +156,7 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
     out = np.empty((C_out, B, H, W), x.dtype)                                        # [C_out, B, H, W]
     cbuf = np.empty(CK * (rows + K - 1) * W, x.dtype)
     ybuf = np.empty(K * C_out * (rows + K - 1) * W, x.dtype)
+    xs = [_valid(W, W, kw, 1, p) for kw in range(K)]                                # per tap: columns in the map
     for b in range(B):
         for y0 in range(0, H, rows):
             n = min(rows, H - y0)
@@ -159,14 +166,8 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
             iy = y0 + r0 - p                                                         # first input row read
 
             def fill(lo, hi):
-                for kw in range(K):
-                    c0, c1 = max(0, p - kw), min(W, W + p - kw)                      # columns inside the map
-                    tap = cols[lo:hi, kw]                                            # [c, R, W]
-                    tap[:, :r0] = 0
-                    tap[:, r1:] = 0
-                    tap[:, r0:r1, :c0] = 0
-                    tap[:, r0:r1, c1:] = 0
-                    tap[:, r0:r1, c0:c1] = x[lo:hi, b, iy:iy + r1 - r0, c0 + kw - p:c1 + kw - p]
+                for kw, (c0, c1) in enumerate(xs):
+                    _place(cols[lo:hi, kw], x[lo:hi, b, iy:iy + r1 - r0, c0 + kw - p:c1 + kw - p], r0, r1, c0, c1)
             parallel(fill, C_in, cols.size)
             Y = ybuf[:K * C_out * R * W].reshape(K, C_out, R * W)                    # [K, C_out, R*W]
             np.matmul(w_all, cols.reshape(CK, R * W), out=Y.reshape(K * C_out, R * W))

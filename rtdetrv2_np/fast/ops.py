@@ -21,7 +21,8 @@ from ..model.nn import ACTIVATIONS
 # each GEMM). Measured on a quiet 2-core machine (benchmarks/benchmark.py, r18vd and r50vd at 640x640, batch 1, two
 # runs of 5 and 4 interleaved rounds): splitting over both cores made the forward pass slower in 13 of 18 paired
 # rounds, by a median 10 % -- OpenBLAS's worker threads keep spinning for a while after each GEMM, and the split
-# competes with them for the cores. RTDETRV2_NP_THREADS=n splits over n threads (benchmarks/benchmark.py reports the fast path both ways).
+# competes with them for the cores. RTDETRV2_NP_THREADS=n splits over n threads (benchmarks/benchmark.py reports
+# the fast path both ways).
 THREADS = max(1, int(os.environ.get("RTDETRV2_NP_THREADS", "1") or 1))
 MIN_PARALLEL = 1 << 16   # elements below which a split costs more (thread hand-off, ~20 us) than it saves
 

@@ -4,6 +4,8 @@
     python benchmarks/benchmark.py --quick          # a tiny model at 64x64: checks that the script works
     python benchmarks/benchmark.py --kernels        # per 3x3 conv shape: im2col, row taps, Winograd (prepare.py rule)
     python benchmarks/benchmark.py --layers         # per conv layer shape: fast path vs PyTorch, where time goes
+    python benchmarks/benchmark.py --bands          # Winograd band sizes (fast/conv.py WINOGRAD_TILES, ...)
+    python benchmarks/benchmark.py --ops            # NumPy element-wise costs behind fast/ops.py's choices
     python benchmarks/benchmark.py --variants r18vd --batch 1 --rounds 5 --json results.json
 
 What it does. For each variant a random-weight checkpoint (rtdetrv2_np.random_weights, seed 0: the same weights for
@@ -329,6 +331,30 @@ def peak_rss_mib():
 # --kernels: the per-layer convolution choice of fast/prepare.py, measured
 # ----------------------------------------------------------------------------------------------------------------
 
+def conv3x3_shapes(variant, size):
+    """The distinct 3x3 stride-1 convolutions of a variant at an input size: [(C_in, C_out, H, W)], largest maps
+    first (found by running the reference model once with nn.conv2d wrapped)."""
+    import rtdetrv2_np.model.nn as nn
+    from rtdetrv2_np import build_model
+    from rtdetrv2_np.random_weights import random_params
+    from rtdetrv2_np.weights import expected_shapes
+    cfg = variant_cfg(variant)
+    model = build_model(cfg, random_params(expected_shapes(cfg), 0, cfg.n_points))
+    seen = []
+    real_conv = nn.conv2d
+
+    def conv2d(x, w, b=None, stride=1, padding=0):
+        if w.shape[-1] == 3 and stride == 1:
+            seen.append((w.shape[1], w.shape[0], x.shape[2], x.shape[3]))
+        return real_conv(x, w, b, stride, padding)
+    nn.conv2d = conv2d
+    try:
+        model(pixel_values(size, 1))
+    finally:
+        nn.conv2d = real_conv
+    return sorted(set(seen), key=lambda s: (-s[2], s[0]))
+
+
 def kernel_sweep(a):
     """Every distinct 3x3 stride-1 convolution of the variants at the given size and batch: im2col, row taps and
     Winograd F(2,3) (and F(4,3)), alternating, best of --repeat; prints the speed-ups over im2col and the rule's
@@ -336,27 +362,9 @@ def kernel_sweep(a):
     sys.path.insert(0, ROOT)
     import numpy as np
     import rtdetrv2_np.fast.conv as fc
-    import rtdetrv2_np.model.nn as nn
-    from rtdetrv2_np import build_model
     from rtdetrv2_np.fast.prepare import ROW_TAPS_MIN_CHANNELS, WINOGRAD_MIN_CHANNELS, conv_kernel
-    from rtdetrv2_np.random_weights import random_params
-    from rtdetrv2_np.weights import expected_shapes
     for variant in a.variants:
-        cfg = variant_cfg(variant)
-        model = build_model(cfg, random_params(expected_shapes(cfg), 0, cfg.n_points))
-        seen = []
-        real_conv = nn.conv2d
-
-        def conv2d(x, w, b=None, stride=1, padding=0):
-            if w.shape[-1] == 3 and stride == 1:
-                seen.append((w.shape[1], w.shape[0], x.shape[2], x.shape[3]))
-            return real_conv(x, w, b, stride, padding)
-        nn.conv2d = conv2d
-        try:
-            model(pixel_values(a.size, 1))
-        finally:
-            nn.conv2d = real_conv
-        shapes = sorted(set(seen), key=lambda s: (-s[2], s[0]))
+        shapes = conv3x3_shapes(variant, a.size)
         print(f"{variant} at {a.size[0]}x{a.size[1]}, batch {a.batch[0]}: speed-up over im2col (best of {a.repeat}); "
               f"rule: Winograd from {WINOGRAD_MIN_CHANNELS} channels, row taps from {ROW_TAPS_MIN_CHANNELS}")
         rng = np.random.default_rng(0)
@@ -379,6 +387,74 @@ def kernel_sweep(a):
                   f"row taps x{best['im2col'] / best['row taps']:.2f}, "
                   f"F(2,3) x{best['im2col'] / best['F(2,3)']:.2f}, F(4,3) x{best['im2col'] / best['F(4,3)']:.2f}"
                   f"   (rule: {conv_kernel(c_out, c_in, 3, 1)})")
+
+
+# Band settings that --bands compares: (WINOGRAD_TILES, TRANSFORM_BLOCK) of fast/conv.py
+BAND_SETTINGS = [(512, 1 << 17), (512, 1 << 21), (1024, 1 << 21), (2048, 1 << 21), (2048, 1 << 22), (4096, 1 << 22)]
+
+
+def band_sweep(a):
+    """conv_winograd (F(2,3), ReLU) on every 3x3 stride-1 shape of the variants from WINOGRAD_MIN_CHANNELS up, under
+    each band setting of BAND_SETTINGS (tiles per band, transform floats per channel chunk), the settings
+    alternating, best of --repeat; milliseconds per shape and their sum."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    import rtdetrv2_np.fast.conv as fc
+    from rtdetrv2_np.fast.prepare import WINOGRAD_MIN_CHANNELS
+    rng = np.random.default_rng(0)
+    cases = {}
+    for variant in a.variants:
+        for c_in, c_out, H, W in conv3x3_shapes(variant, a.size):
+            if min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and (c_in, c_out, H, W) not in cases:
+                x = rng.standard_normal((c_in, a.batch[0], H, W)).astype(np.float32)
+                w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+                cases[(c_in, c_out, H, W)] = (x, fc.winograd_filter(w, 2), np.zeros(c_out, np.float32))
+    saved = fc.WINOGRAD_TILES, fc.TRANSFORM_BLOCK
+    best = {}
+    try:
+        for _ in range(a.repeat):
+            for setting in BAND_SETTINGS:
+                fc.WINOGRAD_TILES, fc.TRANSFORM_BLOCK = setting
+                for shape, (x, U, b) in cases.items():
+                    t = time.perf_counter()
+                    fc.conv_winograd(x, U, b, 2, "relu")
+                    best[setting, shape] = min(best.get((setting, shape), float("inf")), time.perf_counter() - t)
+    finally:
+        fc.WINOGRAD_TILES, fc.TRANSFORM_BLOCK = saved
+    print(f"conv_winograd F(2,3) at {a.size[0]}x{a.size[1]}, batch {a.batch[0]}, ms (best of {a.repeat}); "
+          f"current: tiles {saved[0]}, transform block {saved[1]}")
+    print("| tiles | transform block | " + " | ".join(f"{ci}->{co} @ {H}x{W}" for ci, co, H, W in cases) + " | sum |")
+    print("|---" * (len(cases) + 3) + "|")
+    for setting in BAND_SETTINGS:
+        ms = [best[setting, shape] * 1e3 for shape in cases]
+        print(f"| {setting[0]} | {setting[1]} | " + " | ".join(f"{v:.1f}" for v in ms) + f" | {sum(ms):.1f} |")
+
+
+def ops_sweep(a):
+    """NumPy float32 element-wise operations the fast path's epilogue uses, on a cache-sized block
+    (EPILOGUE_BLOCK values), best of 50: nanoseconds per value. Shows which forms hit NumPy's SIMD loops."""
+    sys.path.insert(0, ROOT)
+    import numpy as np
+    from rtdetrv2_np.fast.ops import EPILOGUE_BLOCK
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(EPILOGUE_BLOCK).astype(np.float32)
+    y, out, zeros = x.copy(), np.empty_like(x), np.zeros_like(x)
+    rows = x.reshape(256, -1)
+    bias = rng.standard_normal((256, 1)).astype(np.float32)
+    ops = {"maximum(x, 0) (scalar 0: model/nn.relu)": lambda: np.maximum(x, 0, out=out),
+           "maximum(x, zeros) (array: fast/ops.relu_)": lambda: np.maximum(x, zeros, out=out),
+           "x + y": lambda: np.add(x, y, out=out),
+           "x + bias[:, None] (256 rows)": lambda: np.add(rows, bias, out=out.reshape(rows.shape)),
+           "exp(x)": lambda: np.exp(x, out=out),
+           "x / y": lambda: np.divide(x, y, out=out)}
+    print(f"float32, {x.size} values, ns per value (best of 50):")
+    for name, f in ops.items():
+        best = float("inf")
+        for _ in range(50):
+            t = time.perf_counter()
+            f()
+            best = min(best, time.perf_counter() - t)
+        print(f"  {name:45s} {best / x.size * 1e9:6.3f}")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -528,6 +604,8 @@ def main():
     ap.add_argument("--runtimes", nargs="+", choices=RUNTIMES, help="a subset (default: all that are importable)")
     ap.add_argument("--quick", action="store_true", help="a tiny model at 64x64, batch 1 and 2, one round")
     ap.add_argument("--kernels", action="store_true", help="per-layer convolution sweep (see kernel_sweep)")
+    ap.add_argument("--bands", action="store_true", help="Winograd band-size sweep (see band_sweep)")
+    ap.add_argument("--ops", action="store_true", help="element-wise operation costs (see ops_sweep)")
     ap.add_argument("--layers", action="store_true",
                     help="convolution time per layer shape, fast path vs PyTorch (see layer_profile)")
     ap.add_argument("--json", help="also write every round's measurements to this file")
@@ -541,6 +619,10 @@ def main():
         return run_one(a)
     if a.kernels:
         return kernel_sweep(a)
+    if a.bands:
+        return band_sweep(a)
+    if a.ops:
+        return ops_sweep(a)
     if a.layers:
         return layer_profile(a)
     impls, missing = available()

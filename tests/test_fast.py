@@ -43,7 +43,7 @@ from rtdetrv2_np.model.detector import params_astype
 from rtdetrv2_np import build_model, load_model
 from rtdetrv2_np.fast import FastModel, fast_model
 from rtdetrv2_np.fast.detector import conv as fast_conv
-from rtdetrv2_np.fast.detector import csp, max_pool_3x3_s2, residual_block
+from rtdetrv2_np.fast.detector import avg_pool_2x2, csp, max_pool_3x3_s2, residual_block
 from rtdetrv2_np.model import deformable_attention as msda
 from rtdetrv2_np.model import hybrid_encoder, nn
 from rtdetrv2_np.model.backbone import residual_block as ref_residual_block
@@ -265,6 +265,29 @@ def test_thread_split_is_bit_identical(plan, monkeypatch):
 def test_max_pool_equals_reference_after_relu(H, W):
     x = np.maximum(rng.standard_normal((2, 3, H, W)), 0).astype(f32)        # after a ReLU, as in the stem
     assert_close(max_pool_3x3_s2(cbhw(x)).transpose(1, 0, 2, 3), nn.max_pool2d(x), 0, f"max pool {H}x{W}")
+
+
+@pytest.mark.parametrize("H,W", [(2, 2), (6, 10), (7, 5), (8, 9), (1, 1)])
+def test_avg_pool_equals_reference(H, W):
+    """Even sizes: four float32 additions in another order than the reference's, then an exact / 4, so each output
+    lies within 3 roundings (gamma_3, Higham Eq. 3.5) of the sum of |x| of its window; odd sizes are the reference."""
+    x = rng.standard_normal((2, 3, H, W)).astype(f32)
+    ours = avg_pool_2x2(cbhw(x)).transpose(1, 0, 2, 3)
+    if H % 2 or W % 2:
+        assert_close(ours, nn.avg_pool2d_ceil(x), 0, f"avg pool {H}x{W}")
+    else:
+        within_bound(ours, nn.avg_pool2d_ceil(x.astype(f64)),
+                     gamma(3) * nn.avg_pool2d_ceil(np.abs(x).astype(f64)) + 1e-30, f"avg pool {H}x{W}")
+
+
+def test_relu_matches_reference():
+    """fast/ops.relu_ (maximum against an array of zeros) gives model/nn.relu's values, NaN and infinities too."""
+    x = np.array([[np.nan, -1, 2, -0.0], [np.inf, -np.inf, 0, 1e-45]], f32)
+    ref = nn.relu(x)
+    ours = fops.relu_(x.copy())
+    assert np.array_equal(ours, ref, equal_nan=True), f"{ours} != {ref}"
+    y = rng.standard_normal((3, 70001)).astype(f32)                          # larger than the block of zeros
+    assert np.array_equal(fops.relu_(y.copy()), nn.relu(y))
 
 
 def relative_check(ours, ref32, ref64, what):

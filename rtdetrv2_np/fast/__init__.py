@@ -31,7 +31,9 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             multiplications saved); F(4,3) was never faster than F(2,3) here
                                             and has ~8x its rounding error: not used (prepare.WINOGRAD_TILE)
       - output transform as one GEMM        2x on that step against 24 element-wise passes
-      - bands of ~512 tiles                 1.2-1.7x against bands 4x larger or smaller (conv.WINOGRAD_TILES)
+      - bands of 2048 tiles, transforms     1.17x on the r18vd + r50vd Winograd shapes against 512-tile bands
+        in 8 MB channel chunks              and 512 KB chunks (fewer NumPy calls; conv.WINOGRAD_TILES,
+                                            TRANSFORM_BLOCK; benchmarks/benchmark.py --bands)
     row taps, 3x3 stride 1 (conv_row_taps)  vs im2col, on a quiet machine (benchmarks/benchmark.py --kernels, 2 threads,
                                             r18vd and r50vd shapes at 640x640): 32 channels @ 320x320 1.2-2.1x,
                                             64 @ 160 1.9x, 128 @ 80 1.8-2.0x (Winograd 1.1-1.25x), 128 @ 40 1.5x
@@ -40,6 +42,8 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             below 256 channels, Winograd from 256 (prepare.WINOGRAD_MIN_CHANNELS)
     RepVGG merge, CSP conv1+conv2 stacked, FPN 1x1 before the upsampling    encoder 1.3x (r18vd), 1.45x (r50vd)
     separable, unpadded max pool            3x (0.07 -> 0.02 s)
+    shortcut average pool, rows first       2-2.8x on r50vd's shortcut pools (fast/detector.avg_pool_2x2)
+    ReLU against an array of zeros          2.6x per value (ops.relu_; benchmarks/benchmark.py --ops)
     box head on the Nq selected rows only   query selection 2.4x
     deformable attention, one gather        1.75x bilinear, 4x discrete (batch 4: 1.8x, 6x)
     self-attention, stacked q/k GEMM        1.2x

@@ -212,11 +212,13 @@ WINOGRAD = {
                   [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
         np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
 }
-WINOGRAD_TILES = 512       # tiles per band (all images): fewer make the a*a GEMMs too thin for BLAS, more make the
-                           # band's buffers outgrow the cache (measured on r18vd shapes, 128-512 channels: best at
-                           # 250-500 tiles, 1.2-1.7x faster than 4x as many or a quarter as many)
-TRANSFORM_BLOCK = 1 << 17  # floats of transform intermediates per channel chunk (512 KB, an L2): fewer,
-                           # larger chunks cost more cache misses, smaller ones more NumPy calls (~2 us each)
+WINOGRAD_TILES = 2048      # tiles per band (all images): fewer make the a*a GEMMs thinner and the NumPy calls more
+                           # numerous, more make the band's buffers larger (~80 MB for 256 channels at 80x80)
+TRANSFORM_BLOCK = 1 << 21  # floats of transform intermediates per channel chunk (8 MB). Both measured with
+                           # benchmarks/benchmark.py --bands (r18vd + r50vd shapes, 640x640, batch 1, best of 5): the
+                           # four Winograd shapes took 68.9 ms in all at 2048 / 1 << 21, against 80.9 ms at the
+                           # earlier 512 / 1 << 17 (256 channels at 80x80: 42.8 against 52.6 ms); 4096 tiles or
+                           # 1 << 22 were no faster
 
 
 def winograd_filter(w, m):
@@ -307,8 +309,8 @@ def conv_winograd(x, U, bias=None, m=2, act=None, residual=None, after=None, pad
     nb = max(1, min(th, WINOGRAD_TILES // (B * Wq)))                             # tile rows per band, at most
     nb = -(-th // -(-th // nb))                                                  # ... evened out over the bands
     # one flat buffer per stage, sized for a full band; each band takes a contiguous view of its own length
-    bufs = [np.empty(size * B, x.dtype) for size in (m * a * C_in * (nb + 1) * Wq, A2 * C_in * nb * Wq,
-                                                       A2 * C_out * nb * Wq, m * m * C_out * nb * Wq)]
+    sizes = (m * a * C_in * (nb + 1) * Wq, A2 * C_in * nb * Wq, A2 * C_out * nb * Wq, m * m * C_out * nb * Wq)
+    bufs = [np.empty(size * B, x.dtype) for size in sizes]
     AA = np.kron(AT, AT).astype(x.dtype)                                         # [m*m, a*a]
     for r0 in range(0, th, nb):
         n = min(nb, th - r0)

@@ -129,11 +129,14 @@ def test_im2col_within_gemm_bound(shape, K, stride, padding, monkeypatch):
 @pytest.mark.parametrize("block", [fconv.ROW_TAPS_BLOCK, 150])
 def test_row_taps_within_gemm_bound(shape, K, block, monkeypatch):
     """conv_row_taps (stride 1, same padding) against the float64 reference; block 150: bands of one or a few rows,
-    so halo rows, the first and last band's padding rows and an uneven last band are all exercised. Each output
+    so halo rows, the first and last band's padding rows and an uneven last band are all exercised (with
+    EPILOGUE_BLOCK 1 there, the shifted sums run one channel at a time too). Each output
     is the sum of C_in*K*K products plus the bias, summed in another order than im2col's (K partial sums of
     C_in*K products): the same bound, gamma(C_in*K*K + 1) * (|w| * |x| + |b|), holds for any summation order."""
     B, C_in, C_out, H, W = shape
     monkeypatch.setattr(fconv, "ROW_TAPS_BLOCK", block)
+    if block == 150:
+        monkeypatch.setattr(fconv, "EPILOGUE_BLOCK", 1)
     x, w, b = random_conv(B, C_in, C_out, H, W, K)
     p = (K - 1) // 2
     exact = nn.conv2d(x.astype(f64), w.astype(f64), b.astype(f64), 1, p)

@@ -22,7 +22,7 @@ folded bias, an optional residual (added before the activation), the activation,
 
 import numpy as np
 
-from .ops import epilogue, epilogue_parallel, parallel
+from .ops import EPILOGUE_BLOCK, epilogue, epilogue_parallel, parallel
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1x1: a plain GEMM
@@ -174,15 +174,18 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
             band = out[:, b, y0:y0 + n].reshape(C_out, n * W)                        # [C_out, n*W] (a view)
 
             def shifted_sum(lo, hi):
-                if K == 1:
-                    np.copyto(band[lo:hi], Y[0, lo:hi, :n * W])
-                else:
-                    np.add(Y[0, lo:hi, :n * W], Y[1, lo:hi, W:(n + 1) * W], out=band[lo:hi])
-                for kh in range(2, K):
-                    band[lo:hi] += Y[kh, lo:hi, kh * W:(kh + n) * W]
-                epilogue(band[lo:hi].reshape(hi - lo, n, W), None if bias is None else bias[lo:hi], act,
-                         None if residual is None else residual[lo:hi, b, y0:y0 + n],
-                         None if after is None else after[lo:hi, b, y0:y0 + n])
+                step = max(1, EPILOGUE_BLOCK // (n * W))                             # channels per chunk
+                for c0 in range(lo, hi, step):                                       # sum and epilogue while
+                    c1 = min(hi, c0 + step)                                          # the chunk is in cache
+                    if K == 1:
+                        np.copyto(band[c0:c1], Y[0, c0:c1, :n * W])
+                    else:
+                        np.add(Y[0, c0:c1, :n * W], Y[1, c0:c1, W:(n + 1) * W], out=band[c0:c1])
+                    for kh in range(2, K):
+                        band[c0:c1] += Y[kh, c0:c1, kh * W:(kh + n) * W]
+                    epilogue(band[c0:c1].reshape(c1 - c0, n, W), None if bias is None else bias[c0:c1], act,
+                             None if residual is None else residual[c0:c1, b, y0:y0 + n],
+                             None if after is None else after[c0:c1, b, y0:y0 + n])
             parallel(shifted_sum, C_out, band.size * K)
     return out
 

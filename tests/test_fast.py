@@ -37,6 +37,7 @@ from test_model import (FIXTURES, STAGE_CASES, STAGE_RTOL, case_model, check_all
 
 import rtdetrv2_np.fast.attention as fattn
 import rtdetrv2_np.fast.conv as fconv
+import rtdetrv2_np.fast.detector as fdet
 import rtdetrv2_np.fast.ops as fops
 import rtdetrv2_np.fast.prepare as fprep
 from rtdetrv2_np.model.detector import params_astype
@@ -265,15 +266,21 @@ def test_thread_split_is_bit_identical(plan, monkeypatch):
 # ----------------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 5), (9, 12), (16, 16)])
-def test_max_pool_equals_reference_after_relu(H, W):
+@pytest.mark.parametrize("block", [fdet.POOL_BLOCK, 1])
+def test_max_pool_equals_reference_after_relu(H, W, block, monkeypatch):
+    """Exact (max selects one of its inputs); block 1: one channel per chunk."""
+    monkeypatch.setattr(fdet, "POOL_BLOCK", block)
     x = np.maximum(rng.standard_normal((2, 3, H, W)), 0).astype(f32)        # after a ReLU, as in the stem
     assert_close(max_pool_3x3_s2(cbhw(x)).transpose(1, 0, 2, 3), nn.max_pool2d(x), 0, f"max pool {H}x{W}")
 
 
 @pytest.mark.parametrize("H,W", [(2, 2), (6, 10), (7, 5), (8, 9), (1, 1)])
-def test_avg_pool_equals_reference(H, W):
+@pytest.mark.parametrize("block", [fdet.POOL_BLOCK, 1])
+def test_avg_pool_equals_reference(H, W, block, monkeypatch):
     """Even sizes: four float32 additions in another order than the reference's, then an exact / 4, so each output
-    lies within 3 roundings (gamma_3, Higham Eq. 3.5) of the sum of |x| of its window; odd sizes are the reference."""
+    lies within 3 roundings (gamma_3, Higham Eq. 3.5) of the sum of |x| of its window; odd sizes are the reference.
+    Block 1: one channel per chunk."""
+    monkeypatch.setattr(fdet, "POOL_BLOCK", block)
     x = rng.standard_normal((2, 3, H, W)).astype(f32)
     ours = avg_pool_2x2(cbhw(x)).transpose(1, 0, 2, 3)
     if H % 2 or W % 2:

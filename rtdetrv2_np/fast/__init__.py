@@ -41,8 +41,10 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             10 % of each other), 512 @ 20 1.3-1.5x (Winograd 1.65-1.8x): row taps
                                             below 256 channels, Winograd from 256 (prepare.WINOGRAD_MIN_CHANNELS)
     RepVGG merge, CSP conv1+conv2 stacked, FPN 1x1 before the upsampling    encoder 1.3x (r18vd), 1.45x (r50vd)
-    separable, unpadded max pool            3x (0.07 -> 0.02 s)
-    shortcut average pool, rows first       2-2.8x on r50vd's shortcut pools (fast/detector.avg_pool_2x2)
+    separable, unpadded max pool            3x (0.07 -> 0.02 s); in cache-sized chunks of channels another 2x
+                                            (21.6 -> 11 ms on the r18vd stem's output; detector.POOL_BLOCK)
+    shortcut average pool, rows first,      2.5-3.3x on r50vd's shortcut pools (detector.avg_pool_2x2)
+      in chunks, no padded copy
     ReLU against an array of zeros          2.6x per value (ops.relu_; benchmarks/benchmark.py --ops)
     box head on the Nq selected rows only   query selection 2.4x
     deformable attention, one gather        1.75x bilinear, 4x discrete (batch 4: 1.8x, 6x)

@@ -7,6 +7,7 @@
     python benchmarks/benchmark.py --bands          # Winograd band sizes (fast/conv.py WINOGRAD_TILES, ...)
     python benchmarks/benchmark.py --ops            # NumPy element-wise costs behind fast/ops.py's choices
     python benchmarks/benchmark.py --variants r18vd --batch 1 --rounds 5 --json results.json
+    python benchmarks/benchmark.py --table results.json   # the table of a saved run, again
 
 What it does. For each variant a random-weight checkpoint (rtdetrv2_np.random_weights, seed 0: the same weights for
 every runtime) is written once in hub layout to a temporary folder; for ONNX Runtime the same weights, loaded in
@@ -17,7 +18,8 @@ it carries one-off work such as the fast path's weight preparation), then --repe
 (shared VMs, other jobs) slows all of them alike; per runtime the round with the lowest median is kept.
 
 Reported (one table, Markdown): load time, first pass, median and best forward pass, the ratio of the median to
-PyTorch's, achieved GFLOP/s (the model's multiply-adds x 2, counted once on the reference path, divided by the
+PyTorch's, the paired ratio (in each round the runtime's median over PyTorch's median of the same round; the
+median over rounds, with its range: on a drifting machine the steadier of the two figures), achieved GFLOP/s (the model's multiply-adds x 2, counted once on the reference path, divided by the
 median: the same count for every runtime, although Winograd performs fewer multiplications), peak RSS, and the
 per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder
 input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs
@@ -573,9 +575,28 @@ def available():
     return impls, missing
 
 
-def table(results, flops, a):
+def summarise(rounds):
+    """Per (variant, batch) and runtime: its least disturbed round (lowest median), its best single pass, and the
+    paired ratios -- in each round, its median over PyTorch's median of the same round -- as (median, min, max)."""
+    results = {}
+    for x in rounds:
+        results.setdefault((x["variant"], x["batch"]), {}).setdefault(x["runtime"], []).append(x)
+    for key, by_impl in results.items():
+        torch_by_round = {x["round"]: x["forward_s"] for x in by_impl.get("torch", [])}
+        for impl, rs in by_impl.items():
+            best = min(rs, key=lambda x: x["forward_s"])
+            paired = [x["forward_s"] / torch_by_round[x["round"]] for x in rs if x["round"] in torch_by_round]
+            by_impl[impl] = dict(best, best_s=min(x["best_s"] for x in rs), load_s=min(x["load_s"] for x in rs),
+                                 first_s=min(x["first_s"] for x in rs), peak_mib=max(x["peak_mib"] for x in rs),
+                                 paired=(statistics.median(paired), min(paired), max(paired)) if paired else None)
+    return results
+
+
+def table(results, flops):
+    """The Markdown table: forward = median of the runtime's least disturbed round; ratio = that over PyTorch's;
+    paired = the median over rounds of the round-by-round ratio (min-max); stages: seconds in the best pass."""
     head = ("| variant | batch | runtime | load s | first pass s | forward s (median) | best s | ratio to PyTorch | "
-            "GFLOP/s | peak RSS MiB | backbone | encoder | query sel. | decoder | post |")
+            "paired ratio (min-max) | GFLOP/s | peak RSS MiB | backbone | encoder | query sel. | decoder | post |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for (variant, batch), rs in results.items():
         base = rs.get("torch", {}).get("forward_s")
@@ -584,9 +605,10 @@ def table(results, flops, a):
                 continue
             r = rs[impl]
             ratio = f"{r['forward_s'] / base:.2f}" if base else "-"
+            paired = "{:.2f} ({:.2f}-{:.2f})".format(*r["paired"]) if r["paired"] else "-"
             st = [f"{r['stages'][s]:.3f}" if s in r["stages"] else "-" for s in STAGES]
             lines.append(f"| {variant} | {batch} | {LABELS[impl]} | {r['load_s']:.3f} | {r['first_s']:.3f} | "
-                         f"{r['forward_s']:.3f} | {r['best_s']:.3f} | {ratio} | "
+                         f"{r['forward_s']:.3f} | {r['best_s']:.3f} | {ratio} | {paired} | "
                          f"{flops[(variant, batch)] / r['forward_s'] / 1e9:.1f} | {r['peak_mib']:.0f} | " +
                          " | ".join(st) + " |")
     return "\n".join(lines)
@@ -609,6 +631,7 @@ def main():
     ap.add_argument("--layers", action="store_true",
                     help="convolution time per layer shape, fast path vs PyTorch (see layer_profile)")
     ap.add_argument("--json", help="also write every round's measurements to this file")
+    ap.add_argument("--table", metavar="JSON", help="print the table of a --json file again, and nothing else")
     for hidden in ("--_impl", "--_dir", "--_onnx"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -617,6 +640,11 @@ def main():
     if a._impl:
         a.batch = a.batch[0]
         return run_one(a)
+    if a.table:
+        with open(a.table) as f:
+            saved = json.load(f)
+        flops = {tuple(int(v) if v.isdigit() else v for v in k.split()): n for k, n in saved["flops"].items()}
+        return print(table(summarise(saved["rounds"]), flops))
     if a.kernels:
         return kernel_sweep(a)
     if a.bands:
@@ -633,7 +661,7 @@ def main():
     env = dict(os.environ, OPENBLAS_NUM_THREADS=str(a.threads), OMP_NUM_THREADS=str(a.threads))
     env.pop("RTDETRV2_NP_THREADS", None)          # the fast path as installed; "fastsplit" sets it
     configs = [(v, b) for v in a.variants for b in a.batch]
-    results, rounds, flops, exports = {}, [], {}, {}
+    rounds, flops, exports = [], {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         dirs = {}
         for v in a.variants:
@@ -660,18 +688,9 @@ def main():
                     res = json.loads(out.stdout.strip().splitlines()[-1])
                     rounds.append(dict(res, variant=v, batch=b, runtime=impl, round=r))
                     print(f"round {r + 1}/{a.rounds} {v} batch {b} {impl}: {res['forward_s']:.3f} s", file=sys.stderr)
-    for v, b in configs:                           # per runtime: its least disturbed round, its best single pass
-        results[(v, b)] = {}
-        for impl in impls:
-            rs = [x for x in rounds if (x["variant"], x["batch"], x["runtime"]) == (v, b, impl)]
-            best = min(rs, key=lambda x: x["forward_s"])
-            results[(v, b)][impl] = dict(best, best_s=min(x["best_s"] for x in rs),
-                                         load_s=min(x["load_s"] for x in rs), first_s=min(x["first_s"] for x in rs),
-                                         peak_mib=max(x["peak_mib"] for x in rs))
     print(f"{platform.processor() or platform.machine()}, {cores()} cores, {a.threads} threads per runtime; "
-          f"{a.size[0]}x{a.size[1]}; {a.rounds} rounds x {a.repeat} passes; forward = median of the least disturbed "
-          f"round; stage columns: seconds in the best pass; GFLOP/s from the model's multiply-adds x 2")
-    print(table(results, flops, a))
+          f"{a.size[0]}x{a.size[1]}; {a.rounds} rounds x {a.repeat} passes")
+    print(table(summarise(rounds), flops))
     infos = {x["runtime"]: x["info"] for x in rounds}
     for impl, info in infos.items():
         print(f"  {LABELS[impl]}: {info}")

@@ -59,6 +59,7 @@ from transformers.models.rt_detr_v2 import modeling_rt_detr_v2
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from rtdetrv2_np.fast.attention import slot_levels  # noqa: E402
 from rtdetrv2_np.model.config import ACTIVATIONS, INERT_FIELDS, config_from_dict, variant_config  # noqa: E402
 from rtdetrv2_np.random_weights import random_params  # noqa: E402
 from rtdetrv2_np.weights import expected_shapes  # noqa: E402
@@ -454,13 +455,10 @@ def discrete_margins(rec, spatial, cfg):
     so a test can tell a flipped texel (from rounding differences of ~1e-6) from a real error.
     """
     out = []
-    offs = np.cumsum([0] + list(cfg.n_points))
+    w_slot, h_slot = slot_levels(spatial, cfg.n_points, np.float32)[:2]  # [K] each: the slot's level size
+    size = np.stack([w_slot, h_slot], axis=-1)                            # [K, 2]
     for i in range(cfg.decoder_layers):
         loc = rec[f"decoder.{i}.sampling_locations"]                    # [B, Nq, M, K, 2]
-        size = np.empty(loc.shape, np.float32)
-        for l, (h, w) in enumerate(spatial):
-            size[..., offs[l]:offs[l + 1], 0] = w
-            size[..., offs[l]:offs[l + 1], 1] = h
         u = loc * size + np.float32(0.5)
         k = np.clip(np.round(u), 1, size - 1)
         dist = np.abs(u - k).ravel()

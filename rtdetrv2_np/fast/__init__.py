@@ -52,8 +52,17 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     element-wise work split over 2 threads  lost on a quiet machine: slower in 13 of 18 paired rounds, by a median
                                             10 % (OpenBLAS's spinning worker threads compete with it): off by default
                                             (ops.THREADS; benchmarks/benchmark.py reports the fast path both ways)
-    the whole forward pass                  r18vd 1.5x (0.66 of the reference's time), r50vd 1.24x (0.81), in the
+    row-tap sums and epilogue per chunk     (conv_row_taps, EPILOGUE_BLOCK) -- with the ReLU, the pools and the
+      of channels, in cache                 Winograd bands: 0.965 (r18vd) and 0.956 (r50vd) of the time without
+                                            them, paired in-process A/B over 14 and 8 alternating passes
+    the whole forward pass                  r18vd 1.27x (0.78 of the reference's time), r50vd 1.51x (0.66), in the
                                             README's benchmark run
+Tried and not kept (same A/B method; each within noise or slower): band buffers kept per thread between calls
+(page faults rose from ~3,600 to ~6,000 per r18vd pass: glibc's heap then maps the layers' outputs afresh);
+Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension and
+the horizontal ones as column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only with
+row taps across (its input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp split over two threads
+(no gain: the second core is held by OpenBLAS's spinning worker).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -19,9 +19,9 @@ it carries one-off work such as the fast path's weight preparation), then --repe
 
 Reported (one table, Markdown): load time, first pass, median and best forward pass, the ratio of the median to
 PyTorch's, the paired ratio (in each round the runtime's median over PyTorch's median of the same round; the
-median over rounds, with its range: on a drifting machine the steadier of the two figures), achieved GFLOP/s (the model's multiply-adds x 2, counted once on the reference path, divided by the
-median: the same count for every runtime, although Winograd performs fewer multiplications), peak RSS, and the
-per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder
+median over rounds, with its range: on a drifting machine the steadier of the two figures), achieved GFLOP/s (the
+model's multiply-adds x 2, counted once on the reference path, divided by the median: the same count for every
+runtime, although Winograd performs fewer multiplications), peak RSS, and the per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder
 input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs
 the whole graph at once: no breakdown.
 

@@ -59,10 +59,10 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             README's benchmark run
 Tried and not kept (same A/B method; each within noise or slower): band buffers kept per thread between calls
 (page faults rose from ~3,600 to ~6,000 per r18vd pass: glibc's heap then maps the layers' outputs afresh);
-Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension and
-the horizontal ones as column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only with
-row taps across (its input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp split over two threads
-(no gain: the second core is held by OpenBLAS's spinning worker).
+Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension
+and the horizontal ones as column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only
+with row taps across (its input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp
+split over two threads (no gain: the second core is held by OpenBLAS's spinning worker).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -83,8 +83,9 @@ def epilogue(x, bias=None, act=None, residual=None, after=None):
 
     The operations and their order are those of the reference: a convolution's folded BatchNorm shift
     (model/nn.conv2d `out += bias`), a residual sum before the activation (model/backbone.residual_block
-    `y += s` then ReLU), model/nn.activation_ (ReLU as relu_), and a sum after the activation (model/hybrid_encoder.csp_rep_layer
-    `a += conv2(x)`). The same ufuncs on the same values give the same bits. In chunks of rows of at most
+    `y += s` then ReLU), model/nn.activation_ (ReLU as relu_), and a sum after the activation
+    (model/hybrid_encoder.csp_rep_layer `a += conv2(x)`). The same ufuncs on the same values give the same bits
+    (relu_: the same values). In chunks of rows of at most
     EPILOGUE_BLOCK values (every operation is element-wise: the same bits however x is cut). Runs in the calling
     thread: callers split rows with `parallel` (see epilogue_parallel).
     """

@@ -21,9 +21,10 @@ Reported (one table, Markdown): load time, first pass, median and best forward p
 PyTorch's, the paired ratio (in each round the runtime's median over PyTorch's median of the same round; the
 median over rounds, with its range: on a drifting machine the steadier of the two figures), achieved GFLOP/s (the
 model's multiply-adds x 2, counted once on the reference path, divided by the median: the same count for every
-runtime, although Winograd performs fewer multiplications), peak RSS, and the per-stage breakdown of the best pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder
-input projections, anchors, top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs
-the whole graph at once: no breakdown.
+runtime, although Winograd performs fewer multiplications), peak RSS, and the per-stage breakdown of the best
+pass: backbone, encoder (input projections, AIFI, CCFM), query selection (decoder input projections, anchors,
+top-k), decoder, post-processing (sigmoid, top-k, boxes to pixels). ONNX Runtime runs the whole graph at once: no
+breakdown.
 
 Threads: --threads (default: the cores this process may use) for every runtime: OPENBLAS_NUM_THREADS for NumPy,
 torch.set_num_threads, ONNX Runtime's intra_op_num_threads. The fast path runs as installed (element-wise work in

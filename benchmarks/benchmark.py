@@ -358,6 +358,14 @@ def conv3x3_shapes(variant, size):
     return sorted(set(seen), key=lambda s: (-s[2], s[0]))
 
 
+def random_conv3x3(rng, c_in, c_out, B, H, W):
+    """Input [C_in, B, H, W] and weights [C_out, C_in, 3, 3] for the sweeps (unit-variance outputs)."""
+    import numpy as np
+    x = rng.standard_normal((c_in, B, H, W)).astype(np.float32)
+    w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+    return x, w
+
+
 def kernel_sweep(a):
     """Every distinct 3x3 stride-1 convolution of the variants at the given size and batch: im2col, row taps and
     Winograd F(2,3) (and F(4,3)), alternating, best of --repeat; prints the speed-ups over im2col and the rule's
@@ -372,8 +380,7 @@ def kernel_sweep(a):
               f"rule: Winograd from {WINOGRAD_MIN_CHANNELS} channels, row taps from {ROW_TAPS_MIN_CHANNELS}")
         rng = np.random.default_rng(0)
         for c_in, c_out, H, W in shapes:
-            x = rng.standard_normal((c_in, a.batch[0], H, W)).astype(np.float32)
-            w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+            x, w = random_conv3x3(rng, c_in, c_out, a.batch[0], H, W)
             b = np.zeros(c_out, np.float32)
             U2, U4, WR = fc.winograd_filter(w, 2), fc.winograd_filter(w, 4), fc.row_taps_filter(w)
             algs = {"im2col": lambda: fc.conv_im2col(x, w, b, 1, 1, "relu"),
@@ -409,8 +416,7 @@ def band_sweep(a):
     for variant in a.variants:
         for c_in, c_out, H, W in conv3x3_shapes(variant, a.size):
             if min(c_in, c_out) >= WINOGRAD_MIN_CHANNELS and (c_in, c_out, H, W) not in cases:
-                x = rng.standard_normal((c_in, a.batch[0], H, W)).astype(np.float32)
-                w = (rng.standard_normal((c_out, c_in, 3, 3)) / np.sqrt(9 * c_in)).astype(np.float32)
+                x, w = random_conv3x3(rng, c_in, c_out, a.batch[0], H, W)
                 cases[(c_in, c_out, H, W)] = (x, fc.winograd_filter(w, 2), np.zeros(c_out, np.float32))
     saved = fc.WINOGRAD_TILES, fc.TRANSFORM_BLOCK
     best = {}
@@ -445,7 +451,7 @@ def ops_sweep(a):
     rows = x.reshape(256, -1)
     bias = rng.standard_normal((256, 1)).astype(np.float32)
     ops = {"maximum(x, 0) (scalar 0: model/nn.relu)": lambda: np.maximum(x, 0, out=out),
-           "maximum(x, zeros) (array: fast/ops.relu_)": lambda: np.maximum(x, zeros, out=out),
+           "maximum(x, zeros) (array: fast/ops.relu)": lambda: np.maximum(x, zeros, out=out),
            "x + y": lambda: np.add(x, y, out=out),
            "x + bias[:, None] (256 rows)": lambda: np.add(rows, bias, out=out.reshape(rows.shape)),
            "exp(x)": lambda: np.exp(x, out=out),
@@ -582,7 +588,7 @@ def summarise(rounds):
     results = {}
     for x in rounds:
         results.setdefault((x["variant"], x["batch"]), {}).setdefault(x["runtime"], []).append(x)
-    for key, by_impl in results.items():
+    for by_impl in results.values():
         torch_by_round = {x["round"]: x["forward_s"] for x in by_impl.get("torch", [])}
         for impl, rs in by_impl.items():
             best = min(rs, key=lambda x: x["forward_s"])

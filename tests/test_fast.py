@@ -291,13 +291,16 @@ def test_avg_pool_equals_reference(H, W, block, monkeypatch):
 
 
 def test_relu_matches_reference():
-    """fast/ops.relu_ (maximum against an array of zeros) gives model/nn.relu's values, NaN and infinities too."""
+    """fast/ops.relu (maximum against an array of zeros) gives model/nn.relu's values, NaN and infinities too,
+    into a new array or in place."""
     x = np.array([[np.nan, -1, 2, -0.0], [np.inf, -np.inf, 0, 1e-45]], f32)
     ref = nn.relu(x)
-    ours = fops.relu_(x.copy())
+    ours = fops.relu(x)
     assert np.array_equal(ours, ref, equal_nan=True), f"{ours} != {ref}"
     y = rng.standard_normal((3, 70001)).astype(f32)                          # larger than the block of zeros
-    assert np.array_equal(fops.relu_(y.copy()), nn.relu(y))
+    inplace = y.copy()
+    assert fops.relu(inplace, out=inplace) is inplace
+    assert np.array_equal(inplace, nn.relu(y))
 
 
 def relative_check(ours, ref32, ref64, what):

@@ -45,7 +45,7 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             (21.6 -> 11 ms on the r18vd stem's output; detector.POOL_BLOCK)
     shortcut average pool, rows first,      2.5-3.3x on r50vd's shortcut pools (detector.avg_pool_2x2)
       in chunks, no padded copy
-    ReLU against an array of zeros          2.6x per value (ops.relu_; benchmarks/benchmark.py --ops)
+    ReLU against an array of zeros          2.6x per value (ops.relu; benchmarks/benchmark.py --ops)
     box head on the Nq selected rows only   query selection 2.4x
     deformable attention, one gather        1.75x bilinear, 4x discrete (batch 4: 1.8x, 6x)
     self-attention, stacked q/k GEMM        1.2x

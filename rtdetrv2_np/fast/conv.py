@@ -22,7 +22,7 @@ folded bias, an optional residual (added before the activation), the activation,
 
 import numpy as np
 
-from .ops import EPILOGUE_BLOCK, epilogue, epilogue_parallel, parallel
+from .ops import EPILOGUE_BLOCK, chunks, epilogue, epilogue_parallel, parallel
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1x1: a plain GEMM
@@ -174,10 +174,8 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
             band = out[:, b, y0:y0 + n].reshape(C_out, n * W)                        # [C_out, n*W] (a view)
 
             def shifted_sum(lo, hi):
-                step = max(1, EPILOGUE_BLOCK // (n * W))                             # channels per chunk
-                for c0 in range(lo, hi, step):                                       # sum and epilogue while
-                    c1 = min(hi, c0 + step)                                          # the chunk is in cache
-                    if K == 1:
+                for c0, c1 in chunks(lo, hi, n * W, EPILOGUE_BLOCK):                 # sum and epilogue while
+                    if K == 1:                                                       # the chunk is in cache
                         np.copyto(band[c0:c1], Y[0, c0:c1, :n * W])
                     else:
                         np.add(Y[0, c0:c1, :n * W], Y[1, c0:c1, W:(n + 1) * W], out=band[c0:c1])

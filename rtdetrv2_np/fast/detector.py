@@ -18,7 +18,7 @@ from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, sigmoid, t
 from ..model.query_selection import anchor_grid, generate_anchors
 from .attention import deformable_attention, encoder_layer, linear, self_attention
 from .conv import conv1x1, conv_im2col, conv_row_taps, conv_winograd
-from .ops import epilogue_parallel, layer_norm_
+from .ops import chunks, epilogue_parallel, layer_norm_
 from .prepare import prepare
 
 
@@ -50,13 +50,12 @@ def max_pool_3x3_s2(x):
     C, B, H, W = x.shape
     Ho, Wo = (H + 1) // 2, (W + 1) // 2
     out = np.empty((C, B, Ho, Wo), x.dtype)                                           # [C, B, Ho, Wo]
-    step = max(1, POOL_BLOCK // max(1, B * H * W))                                    # channels per chunk
-    for c0 in range(0, C, step):
-        xc = x[c0:c0 + step]
+    for c0, c1 in chunks(0, C, B * H * W, POOL_BLOCK):                               # chunks of channels
+        xc = x[c0:c1]
         r = xc[:, :, 0::2].copy()                                                     # rows 2i      [c, B, Ho, W]
         np.maximum(r[:, :, :H // 2], xc[:, :, 1::2], out=r[:, :, :H // 2])            # rows 2i + 1
         np.maximum(r[:, :, 1:], xc[:, :, 1:2 * Ho - 2:2], out=r[:, :, 1:])            # rows 2i - 1
-        o = out[c0:c0 + step]
+        o = out[c0:c1]
         o[...] = r[..., 0::2]                                                         # columns 2j  [c, B, Ho, Wo]
         np.maximum(o[..., :W // 2], r[..., 1::2], out=o[..., :W // 2])                # columns 2j + 1
         np.maximum(o[..., 1:], r[..., 1:2 * Wo - 2:2], out=o[..., 1:])                # columns 2j - 1
@@ -77,11 +76,10 @@ def avg_pool_2x2(x):
     if H % 2 or W % 2:
         return avg_pool2d_ceil(x)
     out = np.empty((C, B, H // 2, W // 2), x.dtype)                                  # [C, B, H/2, W/2]
-    step = max(1, POOL_BLOCK // max(1, B * H * W))                                    # channels per chunk
-    for c0 in range(0, C, step):                                                      # (as max_pool_3x3_s2)
-        xc = x[c0:c0 + step]
+    for c0, c1 in chunks(0, C, B * H * W, POOL_BLOCK):                               # (as max_pool_3x3_s2)
+        xc = x[c0:c1]
         r = np.add(xc[:, :, 0::2], xc[:, :, 1::2])                                    # [c, B, H/2, W]
-        o = np.add(r[..., 0::2], r[..., 1::2], out=out[c0:c0 + step])                 # [c, B, H/2, W/2]
+        o = np.add(r[..., 0::2], r[..., 1::2], out=out[c0:c1])                        # [c, B, H/2, W/2]
         o /= x.dtype.type(4)
     return out
 

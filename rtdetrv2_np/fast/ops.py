@@ -58,11 +58,19 @@ EPILOGUE_BLOCK = 1 << 17   # floats per epilogue chunk (512 KB, an L2): measured
                            # and its temporaries stay in cache)
 
 
-_zeros = {}             # dtype -> a block of zeros, grown on demand (relu_'s second operand; read only)
+def chunks(lo, hi, per_row, block):
+    """(c0, c1) pairs covering rows [lo, hi) in chunks of at most `block` values (rows of `per_row` values; at least
+    one row per chunk): how the fast path keeps a sequence of element-wise passes over one piece in cache."""
+    step = max(1, block // max(1, per_row))
+    for c0 in range(lo, hi, step):
+        yield c0, min(hi, c0 + step)
 
 
-def relu_(x):
-    """model/nn.relu in place: max(x, 0) -- against a block of zeros instead of the scalar 0.
+_zeros = {}             # dtype -> a block of zeros, grown on demand (relu's second operand; read only)
+
+
+def relu(x, out=None):
+    """model/nn.relu (same signature): max(x, 0) -- against a block of zeros instead of the scalar 0.
 
     NumPy's float32 `maximum` with a scalar operand (a stride-0 input) misses its fast loop: 0.69 ns per value
     against 0.27 ns with an array of zeros, on a 128 K-value block (benchmarks/benchmark.py --ops, this project's
@@ -72,10 +80,10 @@ def relu_(x):
     z = _zeros.get(x.dtype)
     if z is None or z.size < x.size:
         z = _zeros[x.dtype] = np.zeros(max(x.size, EPILOGUE_BLOCK), x.dtype)
-    return np.maximum(x, z[:x.size].reshape(x.shape), out=x)
+    return np.maximum(x, z[:x.size].reshape(x.shape), out=out)
 
 
-FAST_ACTIVATIONS = {**ACTIVATIONS, "relu": lambda x, out: relu_(x)}   # epilogue's activations (out=x always)
+FAST_ACTIVATIONS = {**ACTIVATIONS, "relu": relu}      # the epilogue's activations
 
 
 def epilogue(x, bias=None, act=None, residual=None, after=None):
@@ -83,23 +91,22 @@ def epilogue(x, bias=None, act=None, residual=None, after=None):
 
     The operations and their order are those of the reference: a convolution's folded BatchNorm shift
     (model/nn.conv2d `out += bias`), a residual sum before the activation (model/backbone.residual_block
-    `y += s` then ReLU), model/nn.activation_ (ReLU as relu_), and a sum after the activation
+    `y += s` then ReLU), model/nn.activation_ (ReLU as this module's relu), and a sum after the activation
     (model/hybrid_encoder.csp_rep_layer `a += conv2(x)`). The same ufuncs on the same values give the same bits
-    (relu_: the same values). In chunks of rows of at most
-    EPILOGUE_BLOCK values (every operation is element-wise: the same bits however x is cut). Runs in the calling
-    thread: callers split rows with `parallel` (see epilogue_parallel).
+    (relu: the same values). In chunks of rows of at most EPILOGUE_BLOCK values (every operation is element-wise:
+    the same bits however x is cut). Runs in the calling thread: callers split rows with `parallel` (see
+    epilogue_parallel).
     """
-    step = max(1, EPILOGUE_BLOCK // max(1, x[0].size)) if x.shape[0] else 1     # rows per chunk
-    for r in range(0, x.shape[0], step):
-        xc = x[r:r + step]
+    for r0, r1 in chunks(0, x.shape[0], x[0].size if len(x) else 1, EPILOGUE_BLOCK):
+        xc = x[r0:r1]
         if bias is not None:
-            xc += bias[r:r + step].reshape((-1,) + (1,) * (x.ndim - 1))
+            xc += bias[r0:r1].reshape((-1,) + (1,) * (x.ndim - 1))
         if residual is not None:
-            xc += residual[r:r + step]
+            xc += residual[r0:r1]
         if act is not None:
             FAST_ACTIVATIONS[act](xc, out=xc)
         if after is not None:
-            xc += after[r:r + step]
+            xc += after[r0:r1]
     return x
 
 

@@ -69,6 +69,34 @@ def _place(tap, src, r0, r1, c0, c1):
     tap[:, r0:r1, c0:c1] = src
 
 
+def _place_shifted(tap, src, r0, r1, iy, s):
+    """One horizontal tap of a row-tap column matrix: tap [c, R, W] gets, in its rows [r0, r1), the input rows
+    iy .. iy + r1 - r0 - 1 of src [c, H*W] shifted left by s (tap[:, r, j] = map row iy + r - r0, column j + s),
+    zeros where j + s falls on the padding and in the rows outside [r0, r1).
+
+    Row by row that is a copy of W - |s| pixels per row: NumPy's copy loop then restarts on every short row, and
+    cost ~1 ns per float on r18vd's maps. In the flattened pixel axis the same tap is ONE contiguous copy per
+    channel (row r, column j + s of the map is flat index (iy + r - r0) * W + j + s), which picks up |s| pixels of
+    the neighbouring row at each row's end -- exactly the columns that fall on the padding, zeroed afterwards.
+    """
+    c, R, W = tap.shape
+    flat = tap.reshape(c, R * W)                                                 # [c, R*W] (a view)
+    flat[:, :r0 * W] = 0                                                         # halo rows on the padding
+    flat[:, r1 * W:] = 0
+    d0, d1 = r0 * W, r1 * W                                                      # destination, flat
+    s0 = iy * W + s                                                              # source, flat
+    if s0 < 0:                                                                   # before the map's first pixel:
+        d0, s0 = d0 - s0, 0                                                      # a padding column, zeroed below
+    if s0 + d1 - d0 > src.shape[1]:                                              # past its last pixel: likewise
+        d1 = d0 + src.shape[1] - s0
+    if d1 > d0:
+        flat[:, d0:d1] = src[:, s0:s0 + d1 - d0]
+    if s < 0:                                                                    # the padding columns
+        tap[:, r0:r1, :min(W, -s)] = 0
+    elif s > 0:
+        tap[:, r0:r1, max(0, W - s):] = 0
+
+
 def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, after=None):
     """Replaces model/nn.conv2d for any square kernel and stride. x [C_in, B, H, W], w [C_out, C_in, K, K] (folded)
     -> [C_out, B, Ho, Wo], Ho = (H + 2*padding - K) // stride + 1.
@@ -156,7 +184,6 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
     out = np.empty((C_out, B, H, W), x.dtype)                                        # [C_out, B, H, W]
     cbuf = np.empty(CK * (rows + K - 1) * W, x.dtype)
     ybuf = np.empty(K * C_out * (rows + K - 1) * W, x.dtype)
-    xs = [_valid(W, W, kw, 1, p) for kw in range(K)]                                # per tap: columns in the map
     for b in range(B):
         for y0 in range(0, H, rows):
             n = min(rows, H - y0)
@@ -166,8 +193,9 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
             iy = y0 + r0 - p                                                         # first input row read
 
             def fill(lo, hi):
-                for kw, (c0, c1) in enumerate(xs):
-                    _place(cols[lo:hi, kw], x[lo:hi, b, iy:iy + r1 - r0, c0 + kw - p:c1 + kw - p], r0, r1, c0, c1)
+                src = x[lo:hi, b].reshape(hi - lo, H * W)                            # [c, H*W]
+                for kw in range(K):
+                    _place_shifted(cols[lo:hi, kw], src, r0, r1, iy, kw - p)
             parallel(fill, C_in, cols.size)
             Y = ybuf[:K * C_out * R * W].reshape(K, C_out, R * W)                    # [K, C_out, R*W]
             np.matmul(w_all, cols.reshape(CK, R * W), out=Y.reshape(K * C_out, R * W))

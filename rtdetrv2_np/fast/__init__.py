@@ -52,6 +52,14 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     element-wise work split over 2 threads  lost on a quiet machine: slower in 13 of 18 paired rounds, by a median
                                             10 % (OpenBLAS's spinning worker threads compete with it): off by default
                                             (ops.THREADS; benchmarks/benchmark.py reports the fast path both ways)
+    row-tap fill as flat copies             one contiguous copy per channel and tap, the wrapped pixels zeroed
+                                            (conv._place_shifted), instead of one copy per row: r18vd's fills
+                                            ~60 -> ~44 ms per pass; whole model 0.979 of the time without it
+                                            (paired in-process A/B, 10 alternating pairs)
+    row-tap halo rows carried, not redone   each band's GEMM skips the K-1 input rows the band before already
+                                            multiplied (3-7 % of the row-tap multiplications at 16 MB bands):
+                                            r18vd's six row-tap shapes 5-11 % faster in all (two sweeps); whole
+                                            model 0.97-1.03, paired, within this VM's noise that day
     row-tap sums and epilogue per chunk     (conv_row_taps, EPILOGUE_BLOCK) -- with the ReLU, the pools and the
       of channels, in cache                 Winograd bands: 0.965 (r18vd) and 0.956 (r50vd) of the time without
                                             them, paired in-process A/B over 14 and 8 alternating passes
@@ -62,7 +70,12 @@ Tried and not kept (same A/B method; each within noise or slower): band buffers 
 Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension
 and the horizontal ones as column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only
 with row taps across (its input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp
-split over two threads (no gain: the second core is held by OpenBLAS's spinning worker).
+split over two threads (no gain: the second core is held by OpenBLAS's spinning worker); the stride-2 im2col
+fill from phase planes (the image split once into its 2x2 sub-sampled planes, then each tap one flat copy like a
+row tap's: the split itself costs ~2 ns per input float, as much as the strided copies it replaces -- 99.8 against
+99.3 ms over r18vd's six stride-2 shapes); OpenBLAS held to one thread and each GEMM split over two Python threads
+by us, so that the element-wise work could use both cores too (1.12: the split GEMMs ran 15-25 % slower than
+OpenBLAS's own threading and the element-wise work gained less than that).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -150,13 +150,16 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
 # stacked kernels W_all [K*C_out, C_in*K] (row block kh = the kernels' row kh) with the band's column matrix gives
 # every vertical tap's partial sum at every band row, and
 #     out[o, y, x] = sum_kh  Y[kh, o, (y + kh) * W + x]                         (K-1 shifted additions)
-# The band carries K-1 halo rows, so the GEMM does (n + K-1)/n of im2col's multiplications (a few % at the band
-# sizes below) on a K times smaller copy, in one long BLAS call (measured faster than K GEMMs of C_out rows each
-# accumulated one by one, and than im2col, on every r18vd 3x3 stride-1 shape below 256 channels: fast/__init__.py).
+# A band of n output rows reads n + K-1 input rows: K-1 halo rows, which are also the last K-1 input rows of the
+# band before. Their GEMM rows are not computed twice: Y keeps them, moved to its front, and the next band's GEMM
+# computes only its n new rows (so the GEMM does exactly im2col's multiplications) on a K times smaller copy, in
+# one long BLAS call (measured faster than K GEMMs of C_out rows each accumulated one by one, and than im2col, on
+# every r18vd 3x3 stride-1 shape below 256 channels: fast/__init__.py).
 
-ROW_TAPS_BLOCK = 1 << 22   # floats of a band's column matrix plus its GEMM output (16 MB): bands of 30-70 rows on
-                           # r18vd's shapes, so the halo rows add <= 7 % and each GEMM is long (measured: 8 MB
-                           # bands as fast, 4 MB ones up to 15 % slower at 32 -> 64 channels, 320x320)
+ROW_TAPS_BLOCK = 1 << 22   # floats of a band's column matrix plus its GEMM output (16 MB): bands of 45-68 rows
+                           # on r18vd's shapes at 640x640. Measured on r18vd's six row-tap shapes (their sum,
+                           # median of 7 alternating runs each): bands of 1, 2, 4, 8, 32 and 64 MB took 72 %,
+                           # 33 %, 9 %, 2-5 %, 5 % and 24 % longer than 16 MB
 
 
 def row_taps_filter(w):
@@ -170,35 +173,41 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
     """Replaces model/nn.conv2d for a K x K kernel, stride 1, padding (K-1)//2 (odd K). x [C_in, B, H, W], w_all
     [K*C_out, C_in*K] from row_taps_filter, bias [C_out] -> [C_out, B, H, W]. Algorithm: the block comment above.
 
-    Bands of n output rows per image (ROW_TAPS_BLOCK): the column matrix cols [C_in, K(kw), n+K-1, W] (the band's
-    rows and its K-1 halo rows; entries on the padding are zeros), filled by K copies per channel chunk; one GEMM
-    Y = W_all @ cols; the K shifted slices of Y summed into the output; the epilogue. Element-wise steps are split
-    over threads by channel.
+    Bands of n output rows per image (ROW_TAPS_BLOCK): the column matrix cols [C_in, K(kw), m, W] of the band's
+    new input rows (m = n + K-1 in an image's first band, n after it; entries on the padding are zeros), filled by
+    K copies per channel chunk; one GEMM into Y's rows after the K-1 carried ones; the K shifted slices of Y
+    summed into the output; the epilogue. Element-wise steps are split over threads by channel.
     """
     C_in, B, H, W = x.shape
     K = w_all.shape[1] // C_in
     C_out = w_all.shape[0] // K
     CK = C_in * K
     p = (K - 1) // 2
-    rows = max(1, min(H, ROW_TAPS_BLOCK // ((CK + K * C_out) * W) - (K - 1)))     # output rows per band
+    h = K - 1                                                                        # halo rows
+    rows = max(1, min(H, ROW_TAPS_BLOCK // ((CK + K * C_out) * W)))                 # output rows per band
+    Rm = rows + h                                                                    # a band's rows with the halo
     out = np.empty((C_out, B, H, W), x.dtype)                                        # [C_out, B, H, W]
-    cbuf = np.empty(CK * (rows + K - 1) * W, x.dtype)
-    ybuf = np.empty(K * C_out * (rows + K - 1) * W, x.dtype)
+    cbuf = np.empty(CK * Rm * W, x.dtype)
+    Y = np.empty((K, C_out, Rm * W), x.dtype)                                        # [K, C_out, Rm*W]
+    Y2 = Y.reshape(K * C_out, Rm * W)                                                # the GEMM's view
     for b in range(B):
         for y0 in range(0, H, rows):
             n = min(rows, H - y0)
-            R = n + K - 1                                                            # band rows with the halo
-            cols = cbuf[:CK * R * W].reshape(C_in, K, R, W)                          # [C_in, K, R, W]
-            r0, r1 = max(0, p - y0), min(R, H + p - y0)                              # rows inside the map
-            iy = y0 + r0 - p                                                         # first input row read
+            new0 = h if y0 > 0 else 0                                                # band rows already in Y
+            if new0:                                                                 # the previous band's last h
+                Y[:, :, :h * W] = Y[:, :, rows * W:Rm * W]                           # rows are this one's first
+            m = n + h - new0                                                         # band rows to compute
+            cols = cbuf[:CK * m * W].reshape(C_in, K, m, W)                          # [C_in, K, m, W]
+            first = y0 - p + new0                                                    # input row of cols' row 0
+            r0, r1 = max(0, -first), min(m, H - first)                               # rows inside the map
+            iy = first + r0                                                          # first input row read
 
             def fill(lo, hi):
                 src = x[lo:hi, b].reshape(hi - lo, H * W)                            # [c, H*W]
                 for kw in range(K):
                     _place_shifted(cols[lo:hi, kw], src, r0, r1, iy, kw - p)
             parallel(fill, C_in, cols.size)
-            Y = ybuf[:K * C_out * R * W].reshape(K, C_out, R * W)                    # [K, C_out, R*W]
-            np.matmul(w_all, cols.reshape(CK, R * W), out=Y.reshape(K * C_out, R * W))
+            np.matmul(w_all, cols.reshape(CK, m * W), out=Y2[:, new0 * W:(new0 + m) * W])
             band = out[:, b, y0:y0 + n].reshape(C_out, n * W)                        # [C_out, n*W] (a view)
 
             def shifted_sum(lo, hi):

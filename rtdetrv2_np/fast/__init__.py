@@ -63,8 +63,8 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     row-tap sums and epilogue per chunk     (conv_row_taps, EPILOGUE_BLOCK) -- with the ReLU, the pools and the
       of channels, in cache                 Winograd bands: 0.965 (r18vd) and 0.956 (r50vd) of the time without
                                             them, paired in-process A/B over 14 and 8 alternating passes
-    the whole forward pass                  r18vd 1.27x (0.78 of the reference's time), r50vd 1.51x (0.66), in the
-                                            README's benchmark run
+    the whole forward pass                  r18vd 1.31x (0.76 of the reference's time), r50vd 1.20x (0.83), in the
+                                            README's benchmark run (paired per round: 1.32x and 1.33x)
 Tried and not kept (same A/B method; each within noise or slower): band buffers kept per thread between calls
 (page faults rose from ~3,600 to ~6,000 per r18vd pass: glibc's heap then maps the layers' outputs afresh);
 Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension

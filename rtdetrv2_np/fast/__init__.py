@@ -75,7 +75,10 @@ fill from phase planes (the image split once into its 2x2 sub-sampled planes, th
 row tap's: the split itself costs ~2 ns per input float, as much as the strided copies it replaces -- 99.8 against
 99.3 ms over r18vd's six stride-2 shapes); OpenBLAS held to one thread and each GEMM split over two Python threads
 by us, so that the element-wise work could use both cores too (1.12: the split GEMMs ran 15-25 % slower than
-OpenBLAS's own threading and the element-wise work gained less than that).
+OpenBLAS's own threading and the element-wise work gained less than that); im2col with flat per-tap copies for the
+3x3 stride-1 layers (row taps still faster: 123.6 against 129.4 ms over r18vd's six row-tap shapes); the three
+vertical taps summed inside BLAS by scipy.linalg.blas.sgemm with beta = 1, with no Y buffer and no shifted sums
+(scipy's own OpenBLAS ran those GEMMs at 38-50 GF/s, NumPy's at 110-150).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -78,7 +78,9 @@ by us, so that the element-wise work could use both cores too (1.12: the split G
 OpenBLAS's own threading and the element-wise work gained less than that); im2col with flat per-tap copies for the
 3x3 stride-1 layers (row taps still faster: 123.6 against 129.4 ms over r18vd's six row-tap shapes); the three
 vertical taps summed inside BLAS by scipy.linalg.blas.sgemm with beta = 1, with no Y buffer and no shifted sums
-(scipy's own OpenBLAS ran those GEMMs at 38-50 GF/s, NumPy's at 110-150).
+(scipy's own OpenBLAS ran those GEMMs at 38-50 GF/s, NumPy's at 110-150); the vertical taps as three GEMMs of
+C_out rows on shifted views of one column matrix, the middle one written straight into the output (10 % slower
+over the six shapes: each GEMM packs the column matrix again).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

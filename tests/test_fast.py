@@ -130,7 +130,8 @@ def test_im2col_within_gemm_bound(shape, K, stride, padding, monkeypatch):
 @pytest.mark.parametrize("block", [fconv.ROW_TAPS_BLOCK, 150])
 def test_row_taps_within_gemm_bound(shape, K, block, monkeypatch):
     """conv_row_taps (stride 1, same padding) against the float64 reference; block 150: bands of one or a few rows,
-    so halo rows, the first and last band's padding rows and an uneven last band are all exercised (with
+    so halo rows carried from band to band (also from bands of one row, shorter than their K-1 halo rows, and not
+    across images), the first and last band's padding rows and an uneven last band are all exercised (with
     EPILOGUE_BLOCK 1 there, the shifted sums run one channel at a time too). Each output
     is the sum of C_in*K*K products plus the bias, summed in another order than im2col's (K partial sums of
     C_in*K products): the same bound, gamma(C_in*K*K + 1) * (|w| * |x| + |b|), holds for any summation order."""

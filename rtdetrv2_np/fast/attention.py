@@ -73,34 +73,53 @@ def slot_levels(spatial_shapes, n_points, dtype):
     return W.astype(dtype), H.astype(dtype), W, H, starts[level]
 
 
-def bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M):
+def bilinear_taps_flat(loc, spatial_shapes, n_points, strides):
     """Texel rows and weights of bilinear sampling [11] for every slot of every level at once.
 
-    loc [B, Nq, M, K, 2] normalised (x, y). Returns (rows [B, Nq, M, K, 4] int64, weights [B, Nq, M, K, 4]):
-    rows index value.reshape(B*Nv*M, D) (row (b*Nv + token)*M + m), taps in the order nw, ne, sw, se; a tap
-    outside its map has weight 0 and a clipped (in-map) row. The coordinates and weights are computed by the
-    operations of model/deformable_attention.sample_bilinear, in its order, so they are the same numbers.
+    loc [B, Nq, M, K, 2] normalised (x, y); strides (s_B, s_V, s_M): rows between images, tokens and heads in the
+    texel table (texel_table). Returns (rows [B, Nq, M, K, 4] int64, weights [B, Nq, M, K, 4]): the row of image
+    b, token t, head m is b*s_B + t*s_V + m*s_M; taps in the order nw, ne, sw, se; a tap outside its map has weight
+    0 and a clipped (in-map) row. The coordinates and weights are computed by the operations of
+    model/deformable_attention.sample_bilinear, in its order, so they are the same numbers.
     """
-    B, Nq, _, K, _ = loc.shape
+    B, Nq, M, K, _ = loc.shape
+    s_B, s_V, s_M = strides
     Wf, Hf, Wi, Hi, start = slot_levels(spatial_shapes, n_points, loc.dtype)
     g = 2 * loc - 1                                                                  # [B, Nq, M, K, 2]
     ix = ((g[..., 0] + 1) * Wf - 1) / 2                                              # [B, Nq, M, K]
     iy = ((g[..., 1] + 1) * Hf - 1) / 2
     x0, y0 = np.floor(ix), np.floor(iy)
     x1, y1 = x0 + 1, y0 + 1
-    cols = np.stack([x0, x1, x0, x1], axis=-1)                                       # [B, Nq, M, K, 4]
-    rows = np.stack([y0, y0, y1, y1], axis=-1)
-    w = np.stack([(x1 - ix) * (y1 - iy), (ix - x0) * (y1 - iy), (x1 - ix) * (iy - y0), (ix - x0) * (iy - y0)],
-                 axis=-1)                                                            # [B, Nq, M, K, 4]
-    Wm, Hm = (Wi - 1)[:, None], (Hi - 1)[:, None]                                    # [K, 1]
-    inside = (cols >= 0) & (cols <= Wm) & (rows >= 0) & (rows <= Hm)
-    w = np.where(inside, w, 0)
-    col = np.clip(cols, 0, Wm).astype(np.int64)
-    row = np.clip(rows, 0, Hm).astype(np.int64)
-    token = start[:, None] + row * Wi[:, None] + col                                  # [B, Nq, M, K, 4]
-    image = np.arange(B, dtype=np.int64)[:, None, None, None, None] * Nv
-    head = np.arange(M, dtype=np.int64)[None, None, :, None, None]
-    return (image + token) * M + head, w
+    wx = (x1 - ix, ix - x0)                                                          # [B, Nq, M, K] x 2
+    wy = (y1 - iy, iy - y0)
+    Wm, Hm = Wi - 1, Hi - 1                                                          # [K]
+    # per axis: is the tap's column (row) inside the map, and its clipped index (as int64)
+    cin = ((x0 >= 0) & (x0 <= Wm), (x1 >= 0) & (x1 <= Wm))                           # [B, Nq, M, K] x 2
+    rin = ((y0 >= 0) & (y0 <= Hm), (y1 >= 0) & (y1 <= Hm))
+    col = (np.clip(x0, 0, Wm).astype(np.int64), np.clip(x1, 0, Wm).astype(np.int64))
+    row = (np.clip(y0, 0, Hm).astype(np.int64), np.clip(y1, 0, Hm).astype(np.int64))
+    base = (np.arange(B, dtype=np.int64)[:, None, None, None] * s_B + start * s_V
+            + np.arange(M, dtype=np.int64)[None, None, :, None] * s_M)              # [B, 1, M, K]
+    rows = np.empty((B, Nq, M, K, 4), np.int64)                                      # [B, Nq, M, K, 4]
+    w = np.zeros((B, Nq, M, K, 4), loc.dtype)
+    for t, (a, b) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):                    # nw, ne, sw, se
+        np.multiply(wx[a], wy[b], out=w[..., t], where=cin[a] & rin[b])              # stays 0 outside the map
+        rows[..., t] = base + (row[b] * Wi + col[a]) * s_V
+    return rows, w
+
+
+def texel_table(value):
+    """value [B, Nv, M, D] -> (table [R, D], (s_B, s_V, s_M)): the texels as the rows of one 2-D view, and the rows
+    between images, tokens and heads. value may be a strided view (one block of a stacked projection's output,
+    detector.memory_projections) whose D values are contiguous and whose other strides are whole rows; otherwise
+    it is made contiguous first."""
+    B, Nv, M, D = value.shape
+    row = D * value.itemsize
+    if value.strides[3] != value.itemsize or any(s % row or s < 0 for s in value.strides[:3]):
+        value = np.ascontiguousarray(value)
+    s_B, s_V, s_M = (s // row for s in value.strides[:3])
+    R = (B - 1) * s_B + (Nv - 1) * s_V + (M - 1) * s_M + 1                          # rows from the first texel
+    return np.lib.stride_tricks.as_strided(value, (R, D), (row, value.itemsize)), (s_B, s_V, s_M)
 
 
 def discrete_texels(loc, spatial_shapes, n_points):
@@ -114,15 +133,16 @@ def discrete_texels(loc, spatial_shapes, n_points):
     return np.clip(coord[..., 0], 0, Wi - 1), np.clip(coord[..., 1], 0, Hi - 1)
 
 
-def discrete_rows(loc, spatial_shapes, n_points, Nv, M):
-    """Texel rows [B, Nq, M, K, 1] of discrete sampling into value.reshape(B*Nv*M, D) (see bilinear_taps_flat)."""
-    B = loc.shape[0]
+def discrete_rows(loc, spatial_shapes, n_points, strides):
+    """Texel rows [B, Nq, M, K, 1] of discrete sampling into the texel table (see bilinear_taps_flat)."""
+    B, _, M, _, _ = loc.shape
+    s_B, s_V, s_M = strides
     col, row = discrete_texels(loc, spatial_shapes, n_points)
     _, _, Wi, _, start = slot_levels(spatial_shapes, n_points, loc.dtype)
     token = start + row * Wi + col                                                   # [B, Nq, M, K]
-    image = np.arange(B, dtype=np.int64)[:, None, None, None] * Nv
-    head = np.arange(M, dtype=np.int64)[None, None, :, None]
-    return ((image + token) * M + head)[..., None]
+    image = np.arange(B, dtype=np.int64)[:, None, None, None] * s_B
+    head = np.arange(M, dtype=np.int64)[None, None, :, None] * s_M
+    return (image + token * s_V + head)[..., None]
 
 
 GATHER_BLOCK = 1 << 19   # floats gathered at a time (2 MB): the texels stay in cache for the product that reads
@@ -138,16 +158,16 @@ def deformable_core(value, spatial_shapes, loc, attention_weights, n_points, met
     """
     B, Nv, M, D = value.shape
     Nq, K = loc.shape[1], loc.shape[3]
+    texels, strides = texel_table(value)                                             # [R, D]
     if method == "bilinear":
-        rows, w = bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M)           # [B, Nq, M, K, 4] x 2
+        rows, w = bilinear_taps_flat(loc, spatial_shapes, n_points, strides)         # [B, Nq, M, K, 4] x 2
         w *= attention_weights[..., None]
     elif method == "discrete":
-        rows = discrete_rows(loc, spatial_shapes, n_points, Nv, M)                   # [B, Nq, M, K, 1]
+        rows = discrete_rows(loc, spatial_shapes, n_points, strides)                 # [B, Nq, M, K, 1]
         w = attention_weights[..., None]
     else:
         raise ValueError(f"method must be 'bilinear' or 'discrete', got {method!r}")
     T = rows.shape[-1]
-    texels = value.reshape(B * Nv * M, D)                                            # [B*Nv*M, D]
     rows = rows.reshape(B * Nq, M, K * T)
     w = np.ascontiguousarray(w).reshape(B * Nq, M, 1, K * T)
     out = np.empty((B * Nq, M, 1, D), value.dtype)                                   # [B*Nq, M, 1, D]

@@ -146,8 +146,10 @@ def csp(parts, p, upsampled_first=False):
         _, B, H, W = second.shape
         y = np.matmul(p["w_b"], second.reshape(second.shape[0], -1))                  # [2C', B*H*W]
         small = np.matmul(p["w_a"], first.reshape(first.shape[0], -1))               # [2C', B*H*W/4]
-        y6 = y.reshape(C2, B, H // 2, 2, W // 2, 2)
-        y6 += small.reshape(C2, B, H // 2, 1, W // 2, 1)
+        y4 = y.reshape(C2 * B * (H // 2), 2, W // 2, 2)                              # [C2*B*h, 2, w, 2] view
+        s3 = small.reshape(C2 * B * (H // 2), 1, W // 2)                              # [C2*B*h, 1, w]
+        y4[..., 0] += s3                  # even columns, both rows of each block; then the odd ones. One 6-D
+        y4[..., 1] += s3                  # broadcast add (inner axis of 2) took 4x longer on 256 x 80 x 80
         y = y.reshape(C2, B, H, W)
     else:
         x = np.concatenate([first, second], axis=0)                                   # [2C, B, h, w]
@@ -218,15 +220,16 @@ def mlp(x, layers):
     return x
 
 
-def select_queries(memory, spatial_shapes, plan, cfg, cache, trace=None):
-    """model/query_selection.select_queries -> (target [B, Nq, C], reference_boxes [B, Nq, 4]).
+def select_queries(projected, spatial_shapes, plan, cfg, cache, trace=None):
+    """model/query_selection.select_queries -> (target [B, Nq, C], reference_boxes [B, Nq, 4]), from
+    projected [B, Nv, C] = enc_output's linear layer applied to the memory (memory_projections; may be a view).
 
     Two shortcuts, both exact: the reference zeroes the memory rows of invalid anchors before enc_output, whose
     output there is then exactly its bias (0 * w sums to 0); here enc_output runs on the memory as it is and those
     rows are set to the bias. And the box head (a 3-layer MLP) runs on the Nq selected rows only, not on all Nv:
     each row's result depends on that row alone. (Its output for every row is computed only for `trace`.)
     """
-    B, Nv, C = memory.shape
+    B, Nv, C = projected.shape
     grid = spatial_shapes if cfg.anchor_image_size is None else anchor_grid(cfg.anchor_image_size)
     if sum(h * w for h, w in grid) != Nv:
         raise ValueError(f"config.anchor_image_size {list(cfg.anchor_image_size)} fixes the anchors to "
@@ -235,11 +238,11 @@ def select_queries(memory, spatial_shapes, plan, cfg, cache, trace=None):
     if cfg.num_queries > Nv:
         raise ValueError(f"the model selects {cfg.num_queries} queries (config.num_queries) from {Nv} encoder "
                          f"positions: the input is too small for it")
-    key = ("anchors", tuple(map(tuple, grid)), memory.dtype.str)
+    key = ("anchors", tuple(map(tuple, grid)), projected.dtype.str)
     if key not in cache:
-        cache[key] = generate_anchors(grid, memory.dtype)
+        cache[key] = generate_anchors(grid, projected.dtype)
     anchors, valid = cache[key]                                                       # [Nv, 4], [Nv]
-    out = linear(memory, plan["enc_output"])                                          # [B, Nv, C]
+    out = projected                                                                   # [B, Nv, C]
     out[:, ~valid] = plan["enc_output"]["b"]
     out = layer_norm_(out, plan["enc_output_ln"], cfg.layer_norm_eps)                  # [B, Nv, C]
     enc_logits = linear(out, plan["enc_score_head"])                                  # [B, Nv, NC]
@@ -247,7 +250,7 @@ def select_queries(memory, spatial_shapes, plan, cfg, cache, trace=None):
     picked = np.take_along_axis(out, index[:, :, None], axis=1)                       # [B, Nq, C]
     coord = mlp(picked, plan["enc_bbox_head"]) + anchors[index]                       # [B, Nq, 4]
     if cfg.learn_initial_query:
-        w = plan["weight_embedding"].astype(memory.dtype, copy=False)                 # [Nq, C]
+        w = plan["weight_embedding"].astype(projected.dtype, copy=False)              # [Nq, C]
         target = np.repeat(w[None], B, axis=0)                                        # [B, Nq, C]
     else:
         target = picked
@@ -259,12 +262,13 @@ def select_queries(memory, spatial_shapes, plan, cfg, cache, trace=None):
     return target, reference_boxes
 
 
-def decoder(target, reference_boxes, memory, spatial_shapes, plan, cfg, trace=None):
+def decoder(target, reference_boxes, values, spatial_shapes, plan, cfg, trace=None):
     """model/decoder.decoder (layers 0..eval_idx) -> (logits [B, Nq, NC], boxes [B, Nq, 4]).
 
-    The class head runs only where its output is used: after the last layer run (and every layer for `trace`).
+    values: value_proj(memory) of each layer run, [B, Nv, C] each (memory_projections; views). The class head runs
+    only where its output is used: after the last layer run (and every layer for `trace`).
     """
-    B, Nv, C = memory.shape
+    B, Nv, C = values[0].shape
     M = cfg.decoder_attention_heads
     eps = cfg.layer_norm_eps
     x, boxes = target, reference_boxes
@@ -273,7 +277,7 @@ def decoder(target, reference_boxes, memory, spatial_shapes, plan, cfg, trace=No
         pos = mlp(boxes, plan["query_pos_head"])                                      # [B, Nq, C]
         q = x + pos
         x = layer_norm_(x + self_attention(q, x, p["self_attn"]), p["ln1"], eps)       # [B, Nq, C]
-        value = linear(memory, p["value"]).reshape(B, Nv, M, C // M)                 # [B, Nv, M, D]
+        value = values[i].reshape(B, Nv, M, C // M)                                   # [B, Nv, M, D] (a view)
         attn, loc, weights = deformable_attention(p, x + pos, boxes, value, spatial_shapes, M, cfg.n_points,
                                                   cfg.decoder_offset_scale, cfg.method)
         x = layer_norm_(x + attn, p["ln2"], eps)
@@ -305,20 +309,37 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     feats = backbone(x, plan["backbone"], cfg.out_indices)                            # [C_l, B, H_l, W_l] x L
     enc = hybrid_encoder(feats, plan, cfg, cache, trace)                              # [C, B, H_l, W_l] x L
     spatial_shapes = [tuple(e.shape[2:]) for e in enc]
-    Nv = sum(h * w for h, w in spatial_shapes)
-    memory = np.empty((B, Nv, plan["decoder_input_proj"][0]["w"].shape[0]), x.dtype)  # [B, Nv, d]
-    start = 0
-    for e, proj in zip(enc, plan["decoder_input_proj"]):
-        n = e.shape[2] * e.shape[3]
-        memory[:, start:start + n] = tokens_1x1(e, proj)                              # [B, H_l*W_l, d]
-        start += n
-    target, ref = select_queries(memory, spatial_shapes, plan, cfg, cache, trace)
-    logits, boxes = decoder(target, ref, memory, spatial_shapes, plan["decoder"], cfg, trace)
+    projected = memory_projections(enc, plan["memory_proj"])                          # [B, Nv, S*d]
+    d = plan["enc_output"]["w"].shape[0]
+    target, ref = select_queries(projected[:, :, :d], spatial_shapes, plan, cfg, cache, trace)
+    values = [projected[:, :, d * (1 + i):d * (2 + i)] for i in range(len(plan["decoder"]["layers"]))]
+    logits, boxes = decoder(target, ref, values, spatial_shapes, plan["decoder"], cfg, trace)
     if trace is not None:
         trace.update({f"backbone.{l}": f.transpose(1, 0, 2, 3) for l, f in enumerate(feats)})
         trace.update({f"encoder.output.{l}": e.transpose(1, 0, 2, 3) for l, e in enumerate(enc)})
+        memory = np.concatenate([tokens_1x1(e, proj) for e, proj in zip(enc, plan["decoder_input_proj"])],
+                                axis=1)                                               # [B, Nv, d], for the trace
         trace.update({"memory": memory, "logits": logits, "pred_boxes": boxes})
     return logits, boxes
+
+
+def memory_projections(enc, levels):
+    """enc_output and every decoder layer's value_proj of the memory, from the encoder maps in one GEMM per level
+    and image (prepare.memory_projections_spec folds decoder_input_proj into them; the memory itself is never
+    formed). enc [C_l, B, H_l, W_l] per level -> [B, Nv, S*d]: block 0 of the last axis is enc_output's
+    pre-activation, block 1 + i the value of decoder layer i (as in tokens_1x1, BLAS reads the map transposed)."""
+    B = enc[0].shape[1]
+    Nv = sum(e.shape[2] * e.shape[3] for e in enc)
+    out = np.empty((B, Nv, levels[0]["w"].shape[1]), enc[0].dtype)                  # [B, Nv, S*d]
+    start = 0
+    for e, p in zip(enc, levels):
+        C_l, _, H, W = e.shape
+        for b in range(B):
+            block = out[b, start:start + H * W]                                       # [H*W, S*d] (a view)
+            np.matmul(e[:, b].reshape(C_l, H * W).T, p["w"], out=block)
+            block += p["b"]
+        start += H * W
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ What is derived (each item names the reference computation it replaces):
       -> one [2C', 2C] matrix, split by input part    the FPN half that sees the upsampled map is applied before
                                                       the 2x upsampling (a 1x1 convolution commutes with it)
     q_proj + k_proj -> one [2C, C] matrix            model/nn.multi_head_attention (q and k share their input)
+    decoder_input_proj -> folded into enc_output     model/detector.forward's memory, read only by enc_output and
+      and every value_proj, stacked                   the decoder's value_proj: one GEMM per level from the encoder
+                                                      maps to all of them (memory_projections_spec)
     sampling_offsets + attention_weights -> one      model/deformable_attention (both read the same query)
     3x3 stride-1 kernels -> Winograd U = G g G^T     model/nn.conv2d (conv_winograd, per conv_kernel)
       or -> stacked row-tap matrix                    model/nn.conv2d (conv_row_taps, per conv_kernel)
@@ -203,7 +206,30 @@ def prepare(params, cfg):
             "class_embed": linear_spec(d["class_embed"][i])})
     plan["decoder"] = {"layers": layers, "query_pos_head": [linear_spec(q) for q in d["query_pos_head"]["layers"]],
                        "n_split": M * K * 2}
+    plan["memory_proj"] = memory_projections_spec(plan)
     return plan
+
+
+def memory_projections_spec(plan):
+    """decoder_input_proj folded into everything that reads its output, the memory, level by level.
+
+    The memory (model/detector.forward: decoder_input_proj of each encoder level, flattened) is read only through
+    linear maps: enc_output (model/query_selection.select_queries) and every decoder layer's value_proj
+    (model/decoder.decoder). Each is a linear map of a linear map, so with the S = 1 + n_layers consumers stacked,
+    Wc [S*d, d] and bc [S*d], the memory GEMM disappears: consumer(memory) = x @ (Wc P_l)^T + (Wc p_l + bc) for the
+    level's projection P_l [d, C_l], p_l [d] (folded BatchNorm). Composed in float64, rounded once to float32.
+    Returns per level {"w": [C_l, S*d] (transposed: tokens @ w), "b": [S*d]}.
+    """
+    consumers = [plan["enc_output"]] + [layer["value"] for layer in plan["decoder"]["layers"]]
+    Wc = np.concatenate([c["w"] for c in consumers]).astype(np.float64)           # [S*d, d]
+    bc = np.concatenate([c["b"] for c in consumers]).astype(np.float64)           # [S*d]
+    out = []
+    for proj in plan["decoder_input_proj"]:
+        P, pb = proj["w"].astype(np.float64), proj["b"].astype(np.float64)        # [d, C_l], [d]
+        dtype = proj["w"].dtype
+        out.append({"w": np.ascontiguousarray((Wc @ P).T, dtype=dtype),           # [C_l, S*d]
+                    "b": (Wc @ pb + bc).astype(dtype)})                            # [S*d]
+    return out
 
 
 def plan_bytes(plan):

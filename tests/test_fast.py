@@ -709,3 +709,15 @@ def test_detect_command_uses_the_fast_path_and_reference_on_request(capsys):
     assert [d["label_id"] for d in fast] == [d["label_id"] for d in ref] and len(fast) == 20
     assert_close([d["score"] for d in fast], [d["score"] for d in ref], 1e-5, "scores, fast vs reference")
     assert_close([d["box"] for d in fast], [d["box"] for d in ref], 1e-3, "boxes, fast vs reference")
+
+
+def test_softmax_in_chunks_equals_reference(monkeypatch):
+    """fast/attention.softmax_ (in place, in chunks of rows) against model/nn.softmax: the same operations on every
+    row, so the same bits -- contiguous (chunked, down to one row per chunk) and strided (one piece)."""
+    from rtdetrv2_np.model.nn import softmax
+    x = (4 * rng.standard_normal((3, 5, 7))).astype(f32)
+    monkeypatch.setattr(fattn, "EPILOGUE_BLOCK", 1)
+    assert_close(fattn.softmax_(x.copy()), softmax(x, axis=-1), 0, "softmax_ vs reference")
+    wide = (4 * rng.standard_normal((3, 5, 9))).astype(f32)
+    expected = softmax(wide[..., 1:8].copy(), axis=-1)
+    assert_close(fattn.softmax_(wide[..., 1:8]), expected, 0, "softmax_ on a strided view")

@@ -22,7 +22,7 @@ What each replaces, and how it differs:
 
 import numpy as np
 
-from .ops import layer_norm_, parallel
+from .ops import EPILOGUE_BLOCK, chunks, layer_norm_, parallel
 
 
 def linear(x, p):
@@ -33,10 +33,15 @@ def linear(x, p):
 
 
 def softmax_(x):
-    """model/nn.softmax over the last axis, in place on x (the same operations in the same order)."""
-    x -= x.max(axis=-1, keepdims=True)
-    np.exp(x, out=x)
-    x /= x.sum(axis=-1, keepdims=True)
+    """model/nn.softmax over the last axis, in place on x (the same operations in the same order), in chunks of
+    rows of at most EPILOGUE_BLOCK values: the four passes of a chunk stay in cache. Measured on [8, 300, 300]
+    decoder attention scores: NumPy's float32 exp took 1.4 ns per value on 64 K values and 2.5-4.6 ns on 1 M."""
+    rows = x.reshape(-1, x.shape[-1]) if x.flags.c_contiguous else x[None]           # [N, L] (a view)
+    for r0, r1 in chunks(0, rows.shape[0], rows[0].size, EPILOGUE_BLOCK):
+        xc = rows[r0:r1]
+        xc -= xc.max(axis=-1, keepdims=True)
+        np.exp(xc, out=xc)
+        xc /= xc.sum(axis=-1, keepdims=True)
     return x
 
 

@@ -222,7 +222,7 @@ def mlp(x, layers):
 
 def select_queries(projected, spatial_shapes, plan, cfg, cache, trace=None):
     """model/query_selection.select_queries -> (target [B, Nq, C], reference_boxes [B, Nq, 4]), from
-    projected [B, Nv, C] = enc_output's linear layer applied to the memory (memory_projections; may be a view).
+    projected [B, Nv, C] = enc_output's linear layer applied to the memory (memory_projections).
 
     Two shortcuts, both exact: the reference zeroes the memory rows of invalid anchors before enc_output, whose
     output there is then exactly its bias (0 * w sums to 0); here enc_output runs on the memory as it is and those
@@ -309,10 +309,10 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     feats = backbone(x, plan["backbone"], cfg.out_indices)                            # [C_l, B, H_l, W_l] x L
     enc = hybrid_encoder(feats, plan, cfg, cache, trace)                              # [C, B, H_l, W_l] x L
     spatial_shapes = [tuple(e.shape[2:]) for e in enc]
-    projected = memory_projections(enc, plan["memory_proj"])                          # [B, Nv, S*d]
-    d = plan["enc_output"]["w"].shape[0]
-    target, ref = select_queries(projected[:, :, :d], spatial_shapes, plan, cfg, cache, trace)
-    values = [projected[:, :, d * (1 + i):d * (2 + i)] for i in range(len(plan["decoder"]["layers"]))]
+    projected, stacked = memory_projections(enc, plan["memory_proj"])                 # [B, Nv, d], [B, Nv, n*d]
+    d = projected.shape[2]
+    target, ref = select_queries(projected, spatial_shapes, plan, cfg, cache, trace)
+    values = [stacked[:, :, d * i:d * (i + 1)] for i in range(len(plan["decoder"]["layers"]))]
     logits, boxes = decoder(target, ref, values, spatial_shapes, plan["decoder"], cfg, trace)
     if trace is not None:
         trace.update({f"backbone.{l}": f.transpose(1, 0, 2, 3) for l, f in enumerate(feats)})
@@ -324,22 +324,26 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
 
 
 def memory_projections(enc, levels):
-    """enc_output and every decoder layer's value_proj of the memory, from the encoder maps in one GEMM per level
-    and image (prepare.memory_projections_spec folds decoder_input_proj into them; the memory itself is never
-    formed). enc [C_l, B, H_l, W_l] per level -> [B, Nv, S*d]: block 0 of the last axis is enc_output's
-    pre-activation, block 1 + i the value of decoder layer i (as in tokens_1x1, BLAS reads the map transposed)."""
+    """enc_output and every decoder layer's value_proj of the memory, from the encoder maps (prepare.
+    memory_projections_spec folds decoder_input_proj into them; the memory itself is never formed): two GEMMs per
+    level and image, as in tokens_1x1 (BLAS reads the map transposed). enc [C_l, B, H_l, W_l] per level ->
+    (enc_output's pre-activation [B, Nv, d], the values [B, Nv, (S-1)*d]: block i of the last axis is decoder
+    layer i's value).
+    """
     B = enc[0].shape[1]
     Nv = sum(e.shape[2] * e.shape[3] for e in enc)
-    out = np.empty((B, Nv, levels[0]["w"].shape[1]), enc[0].dtype)                  # [B, Nv, S*d]
+    outs = [np.empty((B, Nv, levels[0][key].shape[1]), enc[0].dtype) for key in ("w_enc", "w_values")]
     start = 0
     for e, p in zip(enc, levels):
         C_l, _, H, W = e.shape
         for b in range(B):
-            block = out[b, start:start + H * W]                                       # [H*W, S*d] (a view)
-            np.matmul(e[:, b].reshape(C_l, H * W).T, p["w"], out=block)
-            block += p["b"]
+            x = e[:, b].reshape(C_l, H * W).T                                         # [H*W, C_l] (a view)
+            for out, key in zip(outs, ("enc", "values")):
+                block = out[b, start:start + H * W]                                   # [H*W, .] (a view)
+                np.matmul(x, p["w_" + key], out=block)
+                block += p["b_" + key]
         start += H * W
-    return out
+    return outs
 
 
 @dataclass(frozen=True)

@@ -268,11 +268,22 @@ def test_thread_split_is_bit_identical(plan, monkeypatch):
 
 @pytest.mark.parametrize("H,W", [(1, 1), (2, 3), (7, 5), (9, 12), (16, 16)])
 @pytest.mark.parametrize("block", [fdet.POOL_BLOCK, 1])
-def test_max_pool_equals_reference_after_relu(H, W, block, monkeypatch):
-    """Exact (max selects one of its inputs); block 1: one channel per chunk."""
+def test_max_pool_equals_reference(H, W, block, monkeypatch):
+    """Exact (max selects one of its inputs), on signed values: the stem pools before its bias and ReLU, and the
+    left-out padding must act as -inf. Block 1: one channel per chunk."""
     monkeypatch.setattr(fdet, "POOL_BLOCK", block)
-    x = np.maximum(rng.standard_normal((2, 3, H, W)), 0).astype(f32)        # after a ReLU, as in the stem
+    x = rng.standard_normal((2, 3, H, W)).astype(f32)
     assert_close(max_pool_3x3_s2(cbhw(x)).transpose(1, 0, 2, 3), nn.max_pool2d(x), 0, f"max pool {H}x{W}")
+
+
+def test_stem_pools_before_its_bias_and_relu():
+    """relu(max(v) + b) == max(relu(v + b)) bit for bit (both maps are non-decreasing in float32), on values that
+    straddle -b, with ties."""
+    v = np.round(rng.standard_normal((4, 2, 9, 12)) * 4).astype(f32) / 4            # ties
+    b = rng.standard_normal(4).astype(f32)
+    after = np.maximum(v + b[:, None, None, None], 0)
+    late = np.maximum(max_pool_3x3_s2(v) + b[:, None, None, None], 0)
+    assert_close(late, max_pool_3x3_s2(after), 0, "pool then bias + ReLU")
 
 
 @pytest.mark.parametrize("H,W", [(2, 2), (6, 10), (7, 5), (8, 9), (1, 1)])

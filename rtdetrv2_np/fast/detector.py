@@ -39,12 +39,11 @@ POOL_BLOCK = 1 << 17     # input values per channel chunk of max_pool_3x3_s2 (51
 
 
 def max_pool_3x3_s2(x):
-    """model/nn.max_pool2d(kernel 3, stride 2, padding 1) for x >= 0 (it follows a ReLU), separably, unpadded.
+    """model/nn.max_pool2d(kernel 3, stride 2, padding 1), separably, unpadded.
 
     The max of a 3x3 window is the max over its 3 columns of the max over its 3 rows (max is associative): 2 + 2
     np.maximum calls instead of 8. Output row i covers input rows 2i-1, 2i, 2i+1; the padding rows (-1 and, for
-    odd H, H) are left out instead of read as -inf: with x >= 0 every window's max is that of its in-map pixels,
-    and every window holds at least one. In chunks of channels (POOL_BLOCK), so the row maxima of a chunk are
+    odd H, H) are left out, which is what padding with -inf does: every window holds at least one in-map pixel. In chunks of channels (POOL_BLOCK), so the row maxima of a chunk are
     still in cache when its column maxima read them. x [C, B, H, W] -> [C, B, Ho, Wo], Ho = ceil(H / 2).
     """
     C, B, H, W = x.shape
@@ -89,10 +88,18 @@ def avg_pool_2x2(x):
 # ----------------------------------------------------------------------------------------------------------------
 
 def backbone(x, plan, out_indices):
-    """model/backbone.backbone: x [3, B, H, W] -> maps [C_l, B, H_l, W_l] of the stages in out_indices."""
-    for spec in plan["stem"]:
-        x = conv(x, spec)                                                             # [C_stem, B, H/2, W/2]
+    """model/backbone.backbone: x [3, B, H, W] -> maps [C_l, B, H_l, W_l] of the stages in out_indices.
+
+    The stem's last convolution is pooled before its bias and ReLU, which then run on a 4x smaller map:
+    max_i(relu(v_i + b)) = relu(max_i(v_i) + b) exactly, since v -> relu(v + b) is non-decreasing in float32 too
+    (rounding is monotone) and so commutes with max.
+    """
+    *convs, last = plan["stem"]
+    for spec in convs:
+        x = conv(x, spec)                                                             # [C, B, H/2, W/2]
+    x = conv(x, dict(last, b=None, act=None))                                        # [C_stem, B, H/2, W/2]
     x = max_pool_3x3_s2(x)                                                            # [C_stem, B, H/4, W/4]
+    epilogue_parallel(x, last["b"], last["act"])
     features = []
     for s, blocks in enumerate(plan["stages"]):
         for block in blocks:

@@ -669,6 +669,37 @@ def test_fast_model_interface():
         model(np.zeros((1, 3, 48, 64), f32))
 
 
+def test_work_buffers_are_kept_per_model_and_thread():
+    """The kernels' band buffers (ops.arena / ops.scratch) are reused between calls of one model, one set per
+    thread: repeated calls, calls with another input size in between, and two threads at once all give the bits
+    of a fresh model's first call. Outside a model, scratch hands out new arrays."""
+    import threading
+    meta, ref = load_case("tiny_basic")
+    x = pixel_values(meta, ref)
+    expected = fast_model(case_model("tiny_basic", meta))(x).logits
+    model = fast_model(case_model("tiny_basic", meta))
+    assert_close(model(x).logits, expected, 0, "first call")
+    model(np.ones((1, 3, 96, 64), f32))                            # other band sizes in the kept buffers
+    assert_close(model(x).logits, expected, 0, "after another input size")
+    assert model.state["scratch"].bufs                             # the calling thread's buffers, kept
+    results = [None, None]
+
+    def run(i):
+        results[i] = model(x).logits
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for r in results:
+        assert_close(r, expected, 0, "two threads at once")
+    assert not np.shares_memory(fops.scratch([4], f32)[0], fops.scratch([4], f32)[0])   # no model: new arrays
+    with fops.arena(threading.local()):
+        a, b = fops.scratch([4, 3], f32)                                                 # one call: apart
+        assert a.size == 4 and b.size == 3 and not np.shares_memory(a, b)
+        assert np.shares_memory(fops.scratch([2], f32)[0], a)                            # the next call: kept
+
+
 def test_method_override_and_fast_load():
     disc = load_model(FIXTURES / "tiny_basic", method="discrete", fast=True)
     assert disc.method == "discrete"

@@ -22,7 +22,7 @@ folded bias, an optional residual (added before the activation), the activation,
 
 import numpy as np
 
-from .ops import EPILOGUE_BLOCK, chunks, epilogue, epilogue_parallel, parallel
+from .ops import EPILOGUE_BLOCK, chunks, epilogue, epilogue_parallel, parallel, scratch
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1x1: a plain GEMM
@@ -114,7 +114,7 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
     w2 = w.reshape(C_out, C_in * K * K)                                          # [C_out, C_in*K*K]
     out = np.empty((C_out, B, Ho, Wo), x.dtype)                                  # [C_out, B, Ho, Wo]
     rows = max(1, min(Ho, IM2COL_BLOCK // (C_in * K * K * Wo)))                  # output rows per band
-    buf = np.empty(C_in * K * K * rows * Wo, x.dtype)
+    buf, = scratch([C_in * K * K * rows * Wo], x.dtype)
     ys = [_valid(Ho, H, k, stride, padding) for k in range(K)]                   # per tap row: valid outputs
     xs = [_valid(Wo, W, k, stride, padding) for k in range(K)]                   # per tap column
     for b in range(B):
@@ -187,8 +187,8 @@ def conv_row_taps(x, w_all, bias=None, act=None, residual=None, after=None):
     rows = max(1, min(H, ROW_TAPS_BLOCK // ((CK + K * C_out) * W)))                 # output rows per band
     Rm = rows + h                                                                    # a band's rows with the halo
     out = np.empty((C_out, B, H, W), x.dtype)                                        # [C_out, B, H, W]
-    cbuf = np.empty(CK * Rm * W, x.dtype)
-    Y = np.empty((K, C_out, Rm * W), x.dtype)                                        # [K, C_out, Rm*W]
+    cbuf, Y = scratch([CK * Rm * W, K * C_out * Rm * W], x.dtype)
+    Y = Y.reshape(K, C_out, Rm * W)                                                  # [K, C_out, Rm*W]
     Y2 = Y.reshape(K * C_out, Rm * W)                                                # the GEMM's view
     for b in range(B):
         for y0 in range(0, H, rows):
@@ -333,7 +333,14 @@ def conv_winograd(x, U, bias=None, m=2, act=None, residual=None, after=None, pad
     th, tw = -(-Ho // m), -(-Wo // m)                                            # tiles down, across
     Wq = tw + 1
     Lp = (th + 1) * Wq + 1                                                       # plane length (+1: last shift)
-    xq = np.zeros((C_in, B, m, m, Lp), x.dtype)                                  # [C_in, B, m, m, Hq*Wq+1]
+    nb = max(1, min(th, WINOGRAD_TILES // (B * Wq)))                             # tile rows per band, at most
+    nb = -(-th // -(-th // nb))                                                  # ... evened out over the bands
+    # the phase planes, then one flat buffer per stage, sized for a full band; each band takes a contiguous view
+    sizes = (C_in * B * m * m * Lp, m * a * C_in * (nb + 1) * Wq * B, A2 * C_in * nb * Wq * B,
+             A2 * C_out * nb * Wq * B, m * m * C_out * nb * Wq * B)
+    xq, *bufs = scratch(sizes, x.dtype)
+    xq = xq.reshape(C_in, B, m, m, Lp)                                           # [C_in, B, m, m, Hq*Wq+1]
+    xq.fill(0)                                                                   # the padding
     planes = xq[..., :(th + 1) * Wq].reshape(C_in, B, m, m, th + 1, Wq)          # [C_in, B, m, m, Hq, Wq] view
     for pr in range(m):
         r0 = (pr - padding) % m                                                  # first input row of this phase
@@ -344,11 +351,6 @@ def conv_winograd(x, U, bias=None, m=2, act=None, residual=None, after=None, pad
                 s0, u0 = (r0 + padding) // m, (c0 + padding) // m
                 planes[:, :, pr, pc, s0:s0 + src.shape[2], u0:u0 + src.shape[3]] = src
     out = np.empty((C_out, B, m * th, m * tw), x.dtype)                          # [C_out, B, m*th, m*tw]
-    nb = max(1, min(th, WINOGRAD_TILES // (B * Wq)))                             # tile rows per band, at most
-    nb = -(-th // -(-th // nb))                                                  # ... evened out over the bands
-    # one flat buffer per stage, sized for a full band; each band takes a contiguous view of its own length
-    sizes = (m * a * C_in * (nb + 1) * Wq, A2 * C_in * nb * Wq, A2 * C_out * nb * Wq, m * m * C_out * nb * Wq)
-    bufs = [np.empty(size * B, x.dtype) for size in sizes]
     AA = np.kron(AT, AT).astype(x.dtype)                                         # [m*m, a*a]
     for r0 in range(0, th, nb):
         n = min(nb, th - r0)

@@ -18,7 +18,7 @@ from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, sigmoid, t
 from ..model.query_selection import anchor_grid, generate_anchors
 from .attention import deformable_attention, encoder_layer, linear, self_attention
 from .conv import conv1x1, conv_im2col, conv_row_taps, conv_winograd
-from .ops import chunks, epilogue_parallel, layer_norm_
+from .ops import arena, chunks, epilogue_parallel, layer_norm_
 from .prepare import prepare
 
 
@@ -361,7 +361,8 @@ class FastModel:
     Its weights are prepared (fast/prepare.py) on the first call, not at load: loading stays as quick as the
     reference's, and the first forward pass carries the one-off cost (~0.1-0.3 s for r18vd). Then the params tree
     is released and only the prepared plan is kept. `state` holds the params (until then), the plan, tables that
-    depend only on the input size, and a lock; copies made with dataclasses.replace share it. float32 only: pixel
+    depend only on the input size, the kernels' work buffers (per thread, kept between calls: ops.arena) and a
+    lock; copies made with dataclasses.replace share it. float32 only: pixel
     values of another float dtype are computed in float32 (the weights are float32).
     """
     config: Config
@@ -379,13 +380,15 @@ class FastModel:
             return self.state["plan"]
 
     def __call__(self, pixel_values):
-        logits, boxes = forward(self.plan, self.config, _pixels(pixel_values), self.state["cache"])
+        with arena(self.state["scratch"]):
+            logits, boxes = forward(self.plan, self.config, _pixels(pixel_values), self.state["cache"])
         return DetectionOutput(logits, boxes)
 
     def trace(self, pixel_values):
         """Every intermediate of one forward pass, by the names and layouts of the reference Model.trace."""
         stages = {}
-        forward(self.plan, self.config, _pixels(pixel_values), self.state["cache"], trace=stages)
+        with arena(self.state["scratch"]):
+            forward(self.plan, self.config, _pixels(pixel_values), self.state["cache"], trace=stages)
         return stages
 
     @property
@@ -399,7 +402,8 @@ class FastModel:
 
 def fast_model(model):
     """The FastModel of a reference Model: same config, weights, source and input size (prepared on first use)."""
-    state = {"params": model.params, "plan": None, "cache": {}, "lock": threading.Lock()}
+    state = {"params": model.params, "plan": None, "cache": {}, "lock": threading.Lock(),
+             "scratch": threading.local()}
     return FastModel(model.config, state, model.source, model.input_size)
 
 

@@ -21,7 +21,8 @@ pixel values are computed in float32 (rtdetrv2_np.model is the float64 path).
     prepare.py    load-time derivations: BatchNorm folded [IS], RepVGG blocks merged [RV], stacked projections,
                   Winograd filters, the kernel chosen per layer     replaces the per-call folding of model/nn.conv_bn
     detector.py   the forward pass and FastModel                    mirrors model/detector.py and the stage files
-    ops.py        the bias / residual / activation epilogue, a small thread pool for element-wise work
+    ops.py        the bias / residual / activation epilogue, a small thread pool for element-wise work, the
+                  work buffers each model keeps between calls (arena, scratch)
 
 The levers, and what each gave in interleaved A/B runs on the development machine (2 cores shared with a training
 job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; > 1 = faster than the reference):
@@ -63,6 +64,21 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     row-tap sums and epilogue per chunk     (conv_row_taps, EPILOGUE_BLOCK) -- with the ReLU, the pools and the
       of channels, in cache                 Winograd bands: 0.965 (r18vd) and 0.956 (r50vd) of the time without
                                             them, paired in-process A/B over 14 and 8 alternating passes
+    work buffers kept per model and thread  the band buffers of every convolution (row taps, im2col, Winograd) from
+      (ops.arena, ops.scratch)              one buffer the model keeps, instead of new arrays per call: glibc had
+                                            returned and re-mapped that memory, ~6,800 page faults per r18vd pass
+                                            (~16,300 on r50vd), now 0 (~1,500); r18vd 5 % faster (median of the best
+                                            pass of 5 alternating processes each: 0.717 -> 0.678 s); peak RSS +20 MiB
+    decoder_input_proj folded into          the memory is never formed: one GEMM from the encoder maps to enc_output's
+      enc_output and every value_proj       input, one to every decoder layer's value (prepare.memory_projections_spec):
+                                            r18vd query selection + decoder 126 -> 114 ms (best of 8 alternating)
+    FPN upsampled sum as two strided adds   the 6-D broadcast add (inner axis of 2) 6.9 -> 1.7 ms on 256 x 80 x 80;
+                                            r18vd encoder 196 -> 181 ms (best of 10 alternating)
+    bilinear taps tap by tap                four products and one row index per tap instead of stacked arrays and
+                                            np.where: 4-9 -> 2-3 ms per decoder layer (r18vd)
+    softmax in cache-sized chunks           NumPy's float32 exp: 1.4 ns per value on 64 K values, 2.5-4.6 on 1 M
+    stem pooled before its bias and ReLU    relu(max(v) + b) = max(relu(v + b)) exactly: the epilogue on a 4x smaller
+                                            map
     the whole forward pass                  r18vd 1.31x (0.76 of the reference's time), r50vd 1.20x (0.83), in the
                                             README's benchmark run (paired per round: 1.32x and 1.33x)
 Tried and not kept (same A/B method; each within noise or slower): band buffers kept per thread between calls
@@ -80,7 +96,11 @@ OpenBLAS's own threading and the element-wise work gained less than that); im2co
 vertical taps summed inside BLAS by scipy.linalg.blas.sgemm with beta = 1, with no Y buffer and no shifted sums
 (scipy's own OpenBLAS ran those GEMMs at 38-50 GF/s, NumPy's at 110-150); the vertical taps as three GEMMs of
 C_out rows on shifted views of one column matrix, the middle one written straight into the output (10 % slower
-over the six shapes: each GEMM packs the column matrix again).
+over the six shapes: each GEMM packs the column matrix again); the element-wise split again with OpenBLAS's workers
+told to sleep at once (OPENBLAS_THREAD_TIMEOUT=4: the split then ran exp 1.7x faster, yet the whole pass was still
+8 % slower paired); im2col with flat per-tap copies for the stem's 32-channel layers (1.1-2.4x slower than row taps in
+today's sweep); the decoder's memory projections computed in bands of rows with the bias added in cache (no clear
+difference, 2 runs).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -69,9 +69,12 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
                                             returned and re-mapped that memory, ~6,800 page faults per r18vd pass
                                             (~16,300 on r50vd), now 0 (~1,500); r18vd 5 % faster (median of the best
                                             pass of 5 alternating processes each: 0.717 -> 0.678 s); peak RSS +20 MiB
-    decoder_input_proj folded into          the memory is never formed: one GEMM from the encoder maps to enc_output's
-      enc_output and every value_proj       input, one to every decoder layer's value (prepare.memory_projections_spec):
-                                            r18vd query selection + decoder 126 -> 114 ms (best of 8 alternating)
+    decoder_input_proj folded into          the memory is never formed: enc_output's input and each decoder layer's
+      enc_output and every value_proj       value come from the encoder maps by one GEMM per level, each where it is
+                                            used (prepare.memory_projections_spec): r18vd query selection + decoder
+                                            126 -> 114 ms, r50vd ~13 ms less (best of 6-8 alternating). Stacking all
+                                            the values into one GEMM was no faster, and r50vd's 52 MB result was
+                                            mapped afresh on every pass
     FPN upsampled sum as two strided adds   the 6-D broadcast add (inner axis of 2) 6.9 -> 1.7 ms on 256 x 80 x 80;
                                             r18vd encoder 196 -> 181 ms (best of 10 alternating)
     bilinear taps tap by tap                four products and one row index per tap instead of stacked arrays and

@@ -229,7 +229,7 @@ def mlp(x, layers):
 
 def select_queries(projected, spatial_shapes, plan, cfg, cache, trace=None):
     """model/query_selection.select_queries -> (target [B, Nq, C], reference_boxes [B, Nq, 4]), from
-    projected [B, Nv, C] = enc_output's linear layer applied to the memory (memory_projections).
+    projected [B, Nv, C] = enc_output's linear layer applied to the memory (memory_projection).
 
     Two shortcuts, both exact: the reference zeroes the memory rows of invalid anchors before enc_output, whose
     output there is then exactly its bias (0 * w sums to 0); here enc_output runs on the memory as it is and those
@@ -269,13 +269,12 @@ def select_queries(projected, spatial_shapes, plan, cfg, cache, trace=None):
     return target, reference_boxes
 
 
-def decoder(target, reference_boxes, values, spatial_shapes, plan, cfg, trace=None):
+def decoder(target, reference_boxes, value_of, spatial_shapes, plan, cfg, trace=None):
     """model/decoder.decoder (layers 0..eval_idx) -> (logits [B, Nq, NC], boxes [B, Nq, 4]).
 
-    values: value_proj(memory) of each layer run, [B, Nv, C] each (memory_projections; views). The class head runs
-    only where its output is used: after the last layer run (and every layer for `trace`).
+    value_of(i): value_proj(memory) of layer i, [B, Nv, C] (memory_projection). The class head runs only where its
+    output is used: after the last layer run (and every layer for `trace`).
     """
-    B, Nv, C = values[0].shape
     M = cfg.decoder_attention_heads
     eps = cfg.layer_norm_eps
     x, boxes = target, reference_boxes
@@ -284,7 +283,9 @@ def decoder(target, reference_boxes, values, spatial_shapes, plan, cfg, trace=No
         pos = mlp(boxes, plan["query_pos_head"])                                      # [B, Nq, C]
         q = x + pos
         x = layer_norm_(x + self_attention(q, x, p["self_attn"]), p["ln1"], eps)       # [B, Nq, C]
-        value = values[i].reshape(B, Nv, M, C // M)                                   # [B, Nv, M, D] (a view)
+        value = value_of(i)                                                           # [B, Nv, C]
+        B, Nv, C = value.shape
+        value = value.reshape(B, Nv, M, C // M)                                       # [B, Nv, M, D]
         attn, loc, weights = deformable_attention(p, x + pos, boxes, value, spatial_shapes, M, cfg.n_points,
                                                   cfg.decoder_offset_scale, cfg.method)
         x = layer_norm_(x + attn, p["ln2"], eps)
@@ -316,11 +317,13 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     feats = backbone(x, plan["backbone"], cfg.out_indices)                            # [C_l, B, H_l, W_l] x L
     enc = hybrid_encoder(feats, plan, cfg, cache, trace)                              # [C, B, H_l, W_l] x L
     spatial_shapes = [tuple(e.shape[2:]) for e in enc]
-    projected, stacked = memory_projections(enc, plan["memory_proj"])                 # [B, Nv, d], [B, Nv, n*d]
-    d = projected.shape[2]
+    projected = memory_projection(enc, plan["memory_proj"][0])                        # [B, Nv, d]
     target, ref = select_queries(projected, spatial_shapes, plan, cfg, cache, trace)
-    values = [stacked[:, :, d * i:d * (i + 1)] for i in range(len(plan["decoder"]["layers"]))]
-    logits, boxes = decoder(target, ref, values, spatial_shapes, plan["decoder"], cfg, trace)
+    del projected
+
+    def value_of(i):                                                                  # decoder layer i's value
+        return memory_projection(enc, plan["memory_proj"][1 + i])                     # [B, Nv, d]
+    logits, boxes = decoder(target, ref, value_of, spatial_shapes, plan["decoder"], cfg, trace)
     if trace is not None:
         trace.update({f"backbone.{l}": f.transpose(1, 0, 2, 3) for l, f in enumerate(feats)})
         trace.update({f"encoder.output.{l}": e.transpose(1, 0, 2, 3) for l, e in enumerate(enc)})
@@ -330,27 +333,24 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     return logits, boxes
 
 
-def memory_projections(enc, levels):
-    """enc_output and every decoder layer's value_proj of the memory, from the encoder maps (prepare.
-    memory_projections_spec folds decoder_input_proj into them; the memory itself is never formed): two GEMMs per
-    level and image, as in tokens_1x1 (BLAS reads the map transposed). enc [C_l, B, H_l, W_l] per level ->
-    (enc_output's pre-activation [B, Nv, d], the values [B, Nv, (S-1)*d]: block i of the last axis is decoder
-    layer i's value).
+def memory_projection(enc, levels):
+    """One linear map of the memory -- enc_output's, or a decoder layer's value_proj -- from the encoder maps
+    (prepare.memory_projections_spec folds decoder_input_proj into it; the memory itself is never formed): one GEMM
+    per level and image, as in tokens_1x1 (BLAS reads the map transposed). enc [C_l, B, H_l, W_l] per level ->
+    [B, Nv, d]. Each is computed where it is used, so only one is held at a time.
     """
     B = enc[0].shape[1]
     Nv = sum(e.shape[2] * e.shape[3] for e in enc)
-    outs = [np.empty((B, Nv, levels[0][key].shape[1]), enc[0].dtype) for key in ("w_enc", "w_values")]
+    out = np.empty((B, Nv, levels[0]["w"].shape[1]), enc[0].dtype)                   # [B, Nv, d]
     start = 0
     for e, p in zip(enc, levels):
         C_l, _, H, W = e.shape
         for b in range(B):
-            x = e[:, b].reshape(C_l, H * W).T                                         # [H*W, C_l] (a view)
-            for out, key in zip(outs, ("enc", "values")):
-                block = out[b, start:start + H * W]                                   # [H*W, .] (a view)
-                np.matmul(x, p["w_" + key], out=block)
-                block += p["b_" + key]
+            block = out[b, start:start + H * W]                                       # [H*W, d] (a view)
+            np.matmul(e[:, b].reshape(C_l, H * W).T, p["w"], out=block)
+            block += p["b"]
         start += H * W
-    return outs
+    return out
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,8 @@ What is derived (each item names the reference computation it replaces):
                                                       the 2x upsampling (a 1x1 convolution commutes with it)
     q_proj + k_proj -> one [2C, C] matrix            model/nn.multi_head_attention (q and k share their input)
     decoder_input_proj -> folded into enc_output     model/detector.forward's memory, read only by enc_output and
-      and every value_proj, stacked                   the decoder's value_proj: two GEMMs per level from the encoder
-                                                      maps to all of them (memory_projections_spec)
+      and every value_proj                            the decoder's value_proj: each computed from the encoder maps
+                                                      directly (memory_projections_spec)
     sampling_offsets + attention_weights -> one      model/deformable_attention (both read the same query)
     3x3 stride-1 kernels -> Winograd U = G g G^T     model/nn.conv2d (conv_winograd, per conv_kernel)
       or -> stacked row-tap matrix                    model/nn.conv2d (conv_row_taps, per conv_kernel)
@@ -215,25 +215,22 @@ def memory_projections_spec(plan):
 
     The memory (model/detector.forward: decoder_input_proj of each encoder level, flattened) is read only through
     linear maps: enc_output (model/query_selection.select_queries) and every decoder layer's value_proj
-    (model/decoder.decoder). Each is a linear map of a linear map, so with the S = 1 + n_layers consumers stacked,
-    Wc [S*d, d] and bc [S*d], the memory GEMM disappears: consumer(memory) = x @ (Wc P_l)^T + (Wc p_l + bc) for the
-    level's projection P_l [d, C_l], p_l [d] (folded BatchNorm). Composed in float64, rounded once to float32.
-    Returns per level, transposed (tokens @ w), enc_output's block {"w_enc": [C_l, d], "b_enc": [d]} and the
-    values' {"w_values": [C_l, (S-1)*d], "b_values": [(S-1)*d]}: two GEMMs, so that enc_output's result is a
-    contiguous array (its layer norm, on rows strided by S*d, took twice as long).
+    (model/decoder.decoder). Each is a linear map of a linear map, so the memory GEMM disappears: consumer j of
+    the memory, (W_j, b_j), is x @ (W_j P_l)^T + (W_j p_l + b_j) on the level's map x, for the level's projection
+    P_l [d, C_l], p_l [d] (folded BatchNorm). Composed in float64, rounded once to float32.
+    Returns one entry per consumer (enc_output first, then each decoder layer run): a list over levels of
+    {"w": [C_l, d] (transposed: tokens @ w), "b": [d]}.
     """
     consumers = [plan["enc_output"]] + [layer["value"] for layer in plan["decoder"]["layers"]]
-    Wc = np.concatenate([c["w"] for c in consumers]).astype(np.float64)           # [S*d, d]
-    bc = np.concatenate([c["b"] for c in consumers]).astype(np.float64)           # [S*d]
     out = []
-    for proj in plan["decoder_input_proj"]:
-        P, pb = proj["w"].astype(np.float64), proj["b"].astype(np.float64)        # [d, C_l], [d]
-        dtype = proj["w"].dtype
-        w = np.ascontiguousarray((Wc @ P).T, dtype=dtype)                          # [C_l, S*d]
-        b = (Wc @ pb + bc).astype(dtype)                                           # [S*d]
-        d = consumers[0]["w"].shape[0]
-        out.append({"w_enc": np.ascontiguousarray(w[:, :d]), "b_enc": b[:d],
-                    "w_values": np.ascontiguousarray(w[:, d:]), "b_values": b[d:]})
+    for c in consumers:
+        Wc, bc = c["w"].astype(np.float64), c["b"].astype(np.float64)              # [d, d], [d]
+        levels = []
+        for proj in plan["decoder_input_proj"]:
+            P, pb = proj["w"].astype(np.float64), proj["b"].astype(np.float64)    # [d, C_l], [d]
+            levels.append({"w": np.ascontiguousarray((Wc @ P).T, dtype=proj["w"].dtype),    # [C_l, d]
+                           "b": (Wc @ pb + bc).astype(proj["w"].dtype)})                     # [d]
+        out.append(levels)
     return out
 
 

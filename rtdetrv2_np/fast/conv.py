@@ -45,7 +45,12 @@ def conv1x1(x, w, bias=None, act=None, residual=None, after=None):
 # ----------------------------------------------------------------------------------------------------------------
 
 IM2COL_BLOCK = 1 << 19   # floats per im2col band (2 MB), model/nn.IM2COL_BLOCK: the band stays in cache and the
-                         # GEMM on it is still large enough to run at full BLAS speed
+                         # GEMM on it is still large enough to run at full BLAS speed ...
+IM2COL_MIN_COLS = 1024   # ... unless that leaves it fewer output pixels than this: with 256 input channels and up
+                         # (9*C_in = 2304+ rows) a 2 MB band held ~200 pixels, and its thin GEMM was slow. Measured on
+                         # r18vd's six stride-2 shapes (640x640, best of 7, two sweeps): 256 -> 512 at 40x40 10.8-12.9
+                         # ms with 2 MB bands, 8.8-9.8 with 8 MB; 256 -> 256 at 40x40 6.4-6.9 against 5.3-5.6; the
+                         # stem and 64 channels (2 MB already held >= 900 pixels) were no faster with larger bands
 
 
 def _valid(n_out, n_in, k, stride, padding):
@@ -113,7 +118,7 @@ def conv_im2col(x, w, bias=None, stride=1, padding=0, act=None, residual=None, a
     Wo = (W + 2 * padding - K) // stride + 1
     w2 = w.reshape(C_out, C_in * K * K)                                          # [C_out, C_in*K*K]
     out = np.empty((C_out, B, Ho, Wo), x.dtype)                                  # [C_out, B, Ho, Wo]
-    rows = max(1, min(Ho, IM2COL_BLOCK // (C_in * K * K * Wo)))                  # output rows per band
+    rows = max(1, min(Ho, max(IM2COL_BLOCK // (C_in * K * K * Wo), -(-IM2COL_MIN_COLS // Wo))))   # per band
     buf, = scratch([C_in * K * K * rows * Wo], x.dtype)
     ys = [_valid(Ho, H, k, stride, padding) for k in range(K)]                   # per tap row: valid outputs
     xs = [_valid(Wo, W, k, stride, padding) for k in range(K)]                   # per tap column

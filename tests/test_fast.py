@@ -454,8 +454,8 @@ def test_deformable_core_in_chunks_equals_one_gather(monkeypatch):
 
 @pytest.mark.parametrize("method", ["bilinear", "discrete"])
 def test_deformable_core_reads_a_strided_value(method):
-    """value as one block of a stacked projection's output (detector.memory_projections: [B, Nv, S*C], block j)
-    gives the same bits as the same values made contiguous: only the texel rows' addresses differ."""
+    """value as a strided view (one block of a wider array) gives the same bits as the same values made
+    contiguous."""
     value, loc, weights = random_inputs(2)
     B, Nv, M, D = value.shape
     wide = rng.standard_normal((B, Nv, 3, M * D)).astype(f32)                   # S = 3 blocks, value in block 1

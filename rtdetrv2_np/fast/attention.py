@@ -114,17 +114,10 @@ def bilinear_taps_flat(loc, spatial_shapes, n_points, strides):
 
 
 def texel_table(value):
-    """value [B, Nv, M, D] -> (table [R, D], (s_B, s_V, s_M)): the texels as the rows of one 2-D view, and the rows
-    between images, tokens and heads. value may be a strided view (one block of a stacked projection's output,
-    detector.memory_projections) whose D values are contiguous and whose other strides are whole rows; otherwise
-    it is made contiguous first."""
+    """value [B, Nv, M, D] -> (table [B*Nv*M, D], (s_B, s_V, s_M)): the texels as the rows of one 2-D array (a view
+    when value is contiguous), and the rows between images, tokens and heads."""
     B, Nv, M, D = value.shape
-    row = D * value.itemsize
-    if value.strides[3] != value.itemsize or any(s % row or s < 0 for s in value.strides[:3]):
-        value = np.ascontiguousarray(value)
-    s_B, s_V, s_M = (s // row for s in value.strides[:3])
-    R = (B - 1) * s_B + (Nv - 1) * s_V + (M - 1) * s_M + 1                          # rows from the first texel
-    return np.lib.stride_tricks.as_strided(value, (R, D), (row, value.itemsize)), (s_B, s_V, s_M)
+    return np.ascontiguousarray(value).reshape(B * Nv * M, D), (Nv * M, M, 1)
 
 
 def discrete_texels(loc, spatial_shapes, n_points):

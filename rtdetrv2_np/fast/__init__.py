@@ -80,30 +80,33 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     bilinear taps tap by tap                four products and one row index per tap instead of stacked arrays and
                                             np.where: 4-9 -> 2-3 ms per decoder layer (r18vd)
     softmax in cache-sized chunks           NumPy's float32 exp: 1.4 ns per value on 64 K values, 2.5-4.6 on 1 M
+    im2col bands of >= 1024 pixels          conv.IM2COL_MIN_COLS: r18vd's 256-channel stride-2 layers 10-25 % faster
     stem pooled before its bias and ReLU    relu(max(v) + b) = max(relu(v + b)) exactly: the epilogue on a 4x smaller
                                             map
-    the whole forward pass                  r18vd 1.31x (0.76 of the reference's time), r50vd 1.20x (0.83), in the
-                                            README's benchmark run (paired per round: 1.32x and 1.33x)
-Tried and not kept (same A/B method; each within noise or slower): band buffers kept per thread between calls
-(page faults rose from ~3,600 to ~6,000 per r18vd pass: glibc's heap then maps the layers' outputs afresh);
-Winograd F(2,3) also for 128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension
-and the horizontal ones as column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only
-with row taps across (its input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp
-split over two threads (no gain: the second core is held by OpenBLAS's spinning worker); the stride-2 im2col
-fill from phase planes (the image split once into its 2x2 sub-sampled planes, then each tap one flat copy like a
-row tap's: the split itself costs ~2 ns per input float, as much as the strided copies it replaces -- 99.8 against
-99.3 ms over r18vd's six stride-2 shapes); OpenBLAS held to one thread and each GEMM split over two Python threads
-by us, so that the element-wise work could use both cores too (1.12: the split GEMMs ran 15-25 % slower than
+    the whole forward pass                  r18vd 1.42x (0.70 of the reference's time), r50vd 1.33x (0.75), in the
+                                            README's benchmark run (paired per round: 1.47x and 1.52x)
+Tried and not kept (same A/B method; each within noise or slower): an earlier form of the kept work buffers, one
+module-wide array per buffer and thread (page faults rose from ~3,600 to ~6,000 per r18vd pass then: glibc's heap
+mapped the layers' outputs afresh; the per-model single buffer above measured 0 faults); Winograd F(2,3) also for
+128 channels on maps of >= 80x80 (1.01); the vertical taps in the GEMM's inner dimension and the horizontal ones as
+column shifts of its output (equal to row taps); Winograd F(2,3) down the columns only with row taps across (its
+input transform doubled the copying: 1.1-1.4x slower below 256 channels); SiLU's exp split over two threads (no
+gain: the second core is held by OpenBLAS's spinning worker); the stride-2 im2col fill from phase planes (the image
+split once into its 2x2 sub-sampled planes, then each tap one flat copy like a row tap's: the split itself costs ~2
+ns per input float, as much as the strided copies it replaces -- 99.8 against 99.3 ms over r18vd's six stride-2
+shapes; again on 2026-11-30, 103.3 against 99.1); OpenBLAS held to one thread and each GEMM split over two Python
+threads by us, so that the element-wise work could use both cores too (1.12: the split GEMMs ran 15-25 % slower than
 OpenBLAS's own threading and the element-wise work gained less than that); im2col with flat per-tap copies for the
 3x3 stride-1 layers (row taps still faster: 123.6 against 129.4 ms over r18vd's six row-tap shapes); the three
 vertical taps summed inside BLAS by scipy.linalg.blas.sgemm with beta = 1, with no Y buffer and no shifted sums
-(scipy's own OpenBLAS ran those GEMMs at 38-50 GF/s, NumPy's at 110-150); the vertical taps as three GEMMs of
-C_out rows on shifted views of one column matrix, the middle one written straight into the output (10 % slower
-over the six shapes: each GEMM packs the column matrix again); the element-wise split again with OpenBLAS's workers
-told to sleep at once (OPENBLAS_THREAD_TIMEOUT=4: the split then ran exp 1.7x faster, yet the whole pass was still
-8 % slower paired); im2col with flat per-tap copies for the stem's 32-channel layers (1.1-2.4x slower than row taps in
-today's sweep); the decoder's memory projections computed in bands of rows with the bias added in cache (no clear
-difference, 2 runs).
+(38-50 GF/s effective against NumPy's 110-150: its f2py wrapper takes only whole Fortran-ordered arrays, no leading
+dimension, so every shifted window of the column matrix was copied first); the vertical taps as three GEMMs of C_out
+rows on shifted views of one column matrix, the middle one written straight into the output (10 % slower over the
+six shapes: each GEMM packs the column matrix again); the element-wise split again with OpenBLAS's workers told to
+sleep at once (OPENBLAS_THREAD_TIMEOUT=4: the split then ran exp 1.7x faster, yet the whole pass was still 8 %
+slower paired); im2col with flat per-tap copies for the stem's 32-channel layers (1.1-2.4x slower than row taps,
+2026-11-30); row-tap bands of 24, 32 or 64 MB once the buffers were kept (sums within 2 % of 16 MB); the decoder's
+memory projections computed in bands of rows with the bias added in cache (no clear difference, 2 runs).
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -43,8 +43,9 @@ def max_pool_3x3_s2(x):
 
     The max of a 3x3 window is the max over its 3 columns of the max over its 3 rows (max is associative): 2 + 2
     np.maximum calls instead of 8. Output row i covers input rows 2i-1, 2i, 2i+1; the padding rows (-1 and, for
-    odd H, H) are left out, which is what padding with -inf does: every window holds at least one in-map pixel. In chunks of channels (POOL_BLOCK), so the row maxima of a chunk are
-    still in cache when its column maxima read them. x [C, B, H, W] -> [C, B, Ho, Wo], Ho = ceil(H / 2).
+    odd H, H) are left out, which is what padding with -inf does: every window holds at least one in-map pixel. In
+    chunks of channels (POOL_BLOCK), so the row maxima of a chunk are still in cache when its column maxima read
+    them. x [C, B, H, W] -> [C, B, Ho, Wo], Ho = ceil(H / 2).
     """
     C, B, H, W = x.shape
     Ho, Wo = (H + 1) // 2, (W + 1) // 2
@@ -319,7 +320,7 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     spatial_shapes = [tuple(e.shape[2:]) for e in enc]
     projected = memory_projection(enc, plan["memory_proj"][0])                        # [B, Nv, d]
     target, ref = select_queries(projected, spatial_shapes, plan, cfg, cache, trace)
-    del projected
+    del projected                                                                     # freed before the values
 
     def value_of(i):                                                                  # decoder layer i's value
         return memory_projection(enc, plan["memory_proj"][1 + i])                     # [B, Nv, d]
@@ -362,8 +363,8 @@ class FastModel:
     reference's, and the first forward pass carries the one-off cost (~0.1-0.3 s for r18vd). Then the params tree
     is released and only the prepared plan is kept. `state` holds the params (until then), the plan, tables that
     depend only on the input size, the kernels' work buffers (per thread, kept between calls: ops.arena) and a
-    lock; copies made with dataclasses.replace share it. float32 only: pixel
-    values of another float dtype are computed in float32 (the weights are float32).
+    lock; copies made with dataclasses.replace share it. float32 only: pixel values of another float dtype are
+    computed in float32 (the weights are float32).
     """
     config: Config
     state: dict = field(repr=False, compare=False)

@@ -1,5 +1,5 @@
-"""Small shared pieces of the fast path: the bias / residual / activation epilogue and a thread split of
-element-wise work.
+"""Small shared pieces of the fast path: the bias / residual / activation epilogue, a thread split of element-wise
+work, and the work buffers a model keeps between calls (arena, scratch).
 
 Cores outside BLAS (opt-in: THREADS). NumPy releases the GIL inside its element-wise loops (ufuncs, take, copies)
 on float arrays, so Python threads that each run such calls on their own rows of an array run at the same time.
@@ -166,8 +166,8 @@ def layer_norm_(x, p, eps=1e-5):
     """model/nn.layer_norm in place on x [..., C] (an array the caller has just made), in chunks of rows split over
     threads: the same operations on each row in the same order (so the same bits), without four full-size
     temporaries (at batch 4 the 33,600 query-selection tokens made ~140 MB of them)."""
-    rows = x.reshape(-1, x.shape[-1])                                            # [N, C]: a view, also of a
-    if not np.may_share_memory(rows, x):                                         # view whose rows are strided
+    rows = x.reshape(-1, x.shape[-1])                                            # [N, C] (a view, or else:)
+    if not np.may_share_memory(rows, x):
         raise ValueError("layer_norm_: x's rows cannot be viewed as one [N, C] array; pass a contiguous array")
 
     def part(lo, hi):

@@ -78,17 +78,15 @@ def slot_levels(spatial_shapes, n_points, dtype):
     return W.astype(dtype), H.astype(dtype), W, H, starts[level]
 
 
-def bilinear_taps_flat(loc, spatial_shapes, n_points, strides):
+def bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M):
     """Texel rows and weights of bilinear sampling [11] for every slot of every level at once.
 
-    loc [B, Nq, M, K, 2] normalised (x, y); strides (s_B, s_V, s_M): rows between images, tokens and heads in the
-    texel table (texel_table). Returns (rows [B, Nq, M, K, 4] int64, weights [B, Nq, M, K, 4]): the row of image
-    b, token t, head m is b*s_B + t*s_V + m*s_M; taps in the order nw, ne, sw, se; a tap outside its map has weight
-    0 and a clipped (in-map) row. The coordinates and weights are computed by the operations of
-    model/deformable_attention.sample_bilinear, in its order, so they are the same numbers.
+    loc [B, Nq, M, K, 2] normalised (x, y). Returns (rows [B, Nq, M, K, 4] int64, weights [B, Nq, M, K, 4]):
+    rows index value.reshape(B*Nv*M, D) (row (b*Nv + token)*M + m), taps in the order nw, ne, sw, se; a tap
+    outside its map has weight 0 and a clipped (in-map) row. The coordinates and weights are computed by the
+    operations of model/deformable_attention.sample_bilinear, in its order, so they are the same numbers.
     """
-    B, Nq, M, K, _ = loc.shape
-    s_B, s_V, s_M = strides
+    B, Nq, _, K, _ = loc.shape
     Wf, Hf, Wi, Hi, start = slot_levels(spatial_shapes, n_points, loc.dtype)
     g = 2 * loc - 1                                                                  # [B, Nq, M, K, 2]
     ix = ((g[..., 0] + 1) * Wf - 1) / 2                                              # [B, Nq, M, K]
@@ -103,21 +101,14 @@ def bilinear_taps_flat(loc, spatial_shapes, n_points, strides):
     rin = ((y0 >= 0) & (y0 <= Hm), (y1 >= 0) & (y1 <= Hm))
     col = (np.clip(x0, 0, Wm).astype(np.int64), np.clip(x1, 0, Wm).astype(np.int64))
     row = (np.clip(y0, 0, Hm).astype(np.int64), np.clip(y1, 0, Hm).astype(np.int64))
-    base = (np.arange(B, dtype=np.int64)[:, None, None, None] * s_B + start * s_V
-            + np.arange(M, dtype=np.int64)[None, None, :, None] * s_M)              # [B, 1, M, K]
+    base = (np.arange(B, dtype=np.int64)[:, None, None, None] * Nv * M + start * M
+            + np.arange(M, dtype=np.int64)[None, None, :, None])                    # [B, 1, M, K]
     rows = np.empty((B, Nq, M, K, 4), np.int64)                                      # [B, Nq, M, K, 4]
     w = np.zeros((B, Nq, M, K, 4), loc.dtype)
     for t, (a, b) in enumerate(((0, 0), (1, 0), (0, 1), (1, 1))):                    # nw, ne, sw, se
         np.multiply(wx[a], wy[b], out=w[..., t], where=cin[a] & rin[b])              # stays 0 outside the map
-        rows[..., t] = base + (row[b] * Wi + col[a]) * s_V
+        rows[..., t] = base + (row[b] * Wi + col[a]) * M
     return rows, w
-
-
-def texel_table(value):
-    """value [B, Nv, M, D] -> (table [B*Nv*M, D], (s_B, s_V, s_M)): the texels as the rows of one 2-D array (a view
-    when value is contiguous), and the rows between images, tokens and heads."""
-    B, Nv, M, D = value.shape
-    return np.ascontiguousarray(value).reshape(B * Nv * M, D), (Nv * M, M, 1)
 
 
 def discrete_texels(loc, spatial_shapes, n_points):
@@ -131,16 +122,15 @@ def discrete_texels(loc, spatial_shapes, n_points):
     return np.clip(coord[..., 0], 0, Wi - 1), np.clip(coord[..., 1], 0, Hi - 1)
 
 
-def discrete_rows(loc, spatial_shapes, n_points, strides):
-    """Texel rows [B, Nq, M, K, 1] of discrete sampling into the texel table (see bilinear_taps_flat)."""
-    B, _, M, _, _ = loc.shape
-    s_B, s_V, s_M = strides
+def discrete_rows(loc, spatial_shapes, n_points, Nv, M):
+    """Texel rows [B, Nq, M, K, 1] of discrete sampling into value.reshape(B*Nv*M, D) (see bilinear_taps_flat)."""
+    B = loc.shape[0]
     col, row = discrete_texels(loc, spatial_shapes, n_points)
     _, _, Wi, _, start = slot_levels(spatial_shapes, n_points, loc.dtype)
     token = start + row * Wi + col                                                   # [B, Nq, M, K]
-    image = np.arange(B, dtype=np.int64)[:, None, None, None] * s_B
-    head = np.arange(M, dtype=np.int64)[None, None, :, None] * s_M
-    return (image + token * s_V + head)[..., None]
+    image = np.arange(B, dtype=np.int64)[:, None, None, None] * Nv
+    head = np.arange(M, dtype=np.int64)[None, None, :, None]
+    return ((image + token) * M + head)[..., None]
 
 
 GATHER_BLOCK = 1 << 19   # floats gathered at a time (2 MB): the texels stay in cache for the product that reads
@@ -156,12 +146,12 @@ def deformable_core(value, spatial_shapes, loc, attention_weights, n_points, met
     """
     B, Nv, M, D = value.shape
     Nq, K = loc.shape[1], loc.shape[3]
-    texels, strides = texel_table(value)                                             # [R, D]
+    texels = value.reshape(B * Nv * M, D)                                            # [B*Nv*M, D]
     if method == "bilinear":
-        rows, w = bilinear_taps_flat(loc, spatial_shapes, n_points, strides)         # [B, Nq, M, K, 4] x 2
+        rows, w = bilinear_taps_flat(loc, spatial_shapes, n_points, Nv, M)           # [B, Nq, M, K, 4] x 2
         w *= attention_weights[..., None]
     elif method == "discrete":
-        rows = discrete_rows(loc, spatial_shapes, n_points, strides)                 # [B, Nq, M, K, 1]
+        rows = discrete_rows(loc, spatial_shapes, n_points, Nv, M)                   # [B, Nq, M, K, 1]
         w = attention_weights[..., None]
     else:
         raise ValueError(f"method must be 'bilinear' or 'discrete', got {method!r}")

@@ -126,14 +126,16 @@ def residual_block(x, block):
 # Hybrid encoder (model/hybrid_encoder.py)
 # ----------------------------------------------------------------------------------------------------------------
 
-def tokens_1x1(x, p):
-    """A 1x1 convolution + folded BN computed token-major: x [C_in, B, H, W] -> [B, H*W, C_out].
+def tokens_1x1(x, p, out=None):
+    """A 1x1 convolution + folded BN computed token-major: x [C_in, B, H, W] -> [B, H*W, C_out] (into out, a
+    view whose rows per image are contiguous, if given).
 
     (W @ X)^T = X^T @ W^T: BLAS reads X transposed, so the result comes out as tokens with no transpose pass
     (model/detector.forward transposes the decoder input projections, model/hybrid_encoder.aifi its input).
     """
     C_in, B, H, W = x.shape
-    out = np.empty((B, H * W, p["w"].shape[0]), x.dtype)                              # [B, H*W, C_out]
+    if out is None:
+        out = np.empty((B, H * W, p["w"].shape[0]), x.dtype)                          # [B, H*W, C_out]
     for b in range(B):
         np.matmul(x[:, b].reshape(C_in, H * W).T, p["w"].T, out=out[b])
     out += p["b"]
@@ -328,29 +330,26 @@ def forward(plan, cfg, pixel_values, cache, trace=None):
     if trace is not None:
         trace.update({f"backbone.{l}": f.transpose(1, 0, 2, 3) for l, f in enumerate(feats)})
         trace.update({f"encoder.output.{l}": e.transpose(1, 0, 2, 3) for l, e in enumerate(enc)})
-        memory = np.concatenate([tokens_1x1(e, proj) for e, proj in zip(enc, plan["decoder_input_proj"])],
-                                axis=1)                                               # [B, Nv, d], for the trace
+        memory = memory_projection(enc, plan["decoder_input_proj"])                   # [B, Nv, d], for the trace
         trace.update({"memory": memory, "logits": logits, "pred_boxes": boxes})
     return logits, boxes
 
 
 def memory_projection(enc, levels):
-    """One linear map of the memory -- enc_output's, or a decoder layer's value_proj -- from the encoder maps
-    (prepare.memory_projections_spec folds decoder_input_proj into it; the memory itself is never formed): one GEMM
-    per level and image, as in tokens_1x1 (BLAS reads the map transposed). enc [C_l, B, H_l, W_l] per level ->
-    [B, Nv, d]. Each is computed where it is used, so only one is held at a time.
+    """A linear map of the memory from the encoder maps: tokens_1x1 of every level into one [B, Nv, d] array. With
+    levels = plan["decoder_input_proj"] that is the memory itself (model/detector.forward); with an entry of
+    plan["memory_proj"] it is enc_output's input or a decoder layer's value, decoder_input_proj folded in
+    (prepare.memory_projections_spec), and the memory is never formed. enc [C_l, B, H_l, W_l] per level. Each is
+    computed where it is used, so only one is held at a time.
     """
     B = enc[0].shape[1]
     Nv = sum(e.shape[2] * e.shape[3] for e in enc)
-    out = np.empty((B, Nv, levels[0]["w"].shape[1]), enc[0].dtype)                   # [B, Nv, d]
+    out = np.empty((B, Nv, levels[0]["w"].shape[0]), enc[0].dtype)                   # [B, Nv, d]
     start = 0
     for e, p in zip(enc, levels):
-        C_l, _, H, W = e.shape
-        for b in range(B):
-            block = out[b, start:start + H * W]                                       # [H*W, d] (a view)
-            np.matmul(e[:, b].reshape(C_l, H * W).T, p["w"], out=block)
-            block += p["b"]
-        start += H * W
+        n = e.shape[2] * e.shape[3]
+        tokens_1x1(e, p, out[:, start:start + n])                                     # [B, H_l*W_l, d]
+        start += n
     return out
 
 

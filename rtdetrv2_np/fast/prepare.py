@@ -219,7 +219,7 @@ def memory_projections_spec(plan):
     the memory, (W_j, b_j), is x @ (W_j P_l)^T + (W_j p_l + b_j) on the level's map x, for the level's projection
     P_l [d, C_l], p_l [d] (folded BatchNorm). Composed in float64, rounded once to float32.
     Returns one entry per consumer (enc_output first, then each decoder layer run): a list over levels of
-    {"w": [C_l, d] (transposed: tokens @ w), "b": [d]}.
+    {"w": [d, C_l], "b": [d]}, the layout of decoder_input_proj's own levels (detector.memory_projection).
     """
     consumers = [plan["enc_output"]] + [layer["value"] for layer in plan["decoder"]["layers"]]
     out = []
@@ -228,8 +228,8 @@ def memory_projections_spec(plan):
         levels = []
         for proj in plan["decoder_input_proj"]:
             P, pb = proj["w"].astype(np.float64), proj["b"].astype(np.float64)    # [d, C_l], [d]
-            levels.append({"w": np.ascontiguousarray((Wc @ P).T, dtype=proj["w"].dtype),    # [C_l, d]
-                           "b": (Wc @ pb + bc).astype(proj["w"].dtype)})                     # [d]
+            levels.append({"w": (Wc @ P).astype(proj["w"].dtype),                  # [d, C_l]
+                           "b": (Wc @ pb + bc).astype(proj["w"].dtype)})          # [d]
         out.append(levels)
     return out
 

@@ -318,6 +318,27 @@ def test_relu_matches_reference():
     assert np.array_equal(inplace, nn.relu(y))
 
 
+def test_gelu_within_abramowitz_stegun_bound():
+    """fast/ops.gelu (erf by Abramowitz & Stegun 7.1.26, in chunks) against the exact GELU in float64, on more
+    values than one chunk (an uneven last one). Bound per value: |x| / 2 * 1.5e-7 (the formula's bound on erf, scaled
+    by GELU's x / 2) plus 8 u |x| for the float32 rounding of its ~15 steps, all on values <= 2 (measured 4.4 u).
+    NaN and the infinities as the reference's; float64 in, float64 out."""
+    x = (3 * rng.standard_normal((3, 70001))).astype(f32)
+    x[0, :5] = [0, -0.0, 1e-30, -40, 40]
+    exact = nn.gelu(x.astype(f64))                                            # scipy's erf in float64
+    ours = fops.gelu(x)
+    assert ours.dtype == f32
+    within_bound(ours, exact, (0.75e-7 + 8 * U) * np.abs(x.astype(f64)) + 1e-45, "fast gelu vs float64")
+    inplace = x.copy()
+    assert fops.gelu(inplace, out=inplace) is inplace and np.array_equal(inplace, ours)
+    special = np.array([np.nan, np.inf, -np.inf], f32)
+    assert np.array_equal(fops.gelu(special), nn.gelu(special), equal_nan=True), fops.gelu(special)
+    assert fops.gelu(x[:1, :9].astype(f64)).dtype == f64
+    strided = x.copy()                                                         # an epilogue's band is a view
+    fops.gelu(strided[:, 1::3], out=strided[:, 1::3])
+    assert np.array_equal(strided[:, 1::3], ours[:, 1::3]) and np.array_equal(strided[:, ::3], x[:, ::3])
+
+
 def relative_check(ours, ref32, ref64, what):
     """The composite-piece rule (module docstring): |ours - ref64| <= 4 |ref32 - ref64|_max + 8 u scale."""
     scale = float(np.abs(ref64).max())

@@ -22,7 +22,7 @@ What each replaces, and how it differs:
 
 import numpy as np
 
-from .ops import EPILOGUE_BLOCK, chunks, layer_norm_, parallel
+from .ops import EPILOGUE_BLOCK, activation_, chunks, layer_norm_, parallel
 
 
 def linear(x, p):
@@ -194,8 +194,8 @@ def deformable_attention(p, query, reference_boxes, value, spatial_shapes, M, n_
 
 
 def encoder_layer(x, pos, p, act, eps):
-    """model/hybrid_encoder.encoder_layer (post-norm) with the fast attention. x [B, N, C], pos [N, C] or None."""
-    from ..model.nn import activation_
+    """model/hybrid_encoder.encoder_layer (post-norm) with the fast attention and activation (ops.gelu for GELU).
+    x [B, N, C], pos [N, C] or None."""
     qk = x if pos is None else x + pos
     x = layer_norm_(x + self_attention(qk, x, p["attn"]), p["ln1"], eps)
     h = activation_(linear(x, p["fc1"]), act)                                        # [B, N, F]

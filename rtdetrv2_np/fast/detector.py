@@ -14,11 +14,11 @@ import numpy as np
 from ..model.config import Config
 from ..model.detector import DetectionOutput, _check_pixels
 from ..model.hybrid_encoder import sincos_position_embedding
-from ..model.nn import activation_, avg_pool2d_ceil, inverse_sigmoid, sigmoid, topk
+from ..model.nn import avg_pool2d_ceil, inverse_sigmoid, sigmoid, topk
 from ..model.query_selection import anchor_grid, generate_anchors
 from .attention import deformable_attention, encoder_layer, linear, self_attention
 from .conv import conv1x1, conv_im2col, conv_row_taps, conv_winograd
-from .ops import arena, chunks, epilogue_parallel, layer_norm_
+from .ops import activation_, arena, chunks, epilogue_parallel, layer_norm_
 from .prepare import prepare
 
 

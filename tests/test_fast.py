@@ -464,6 +464,20 @@ def test_layer_norm_in_place_equals_reference(monkeypatch):
     assert_close(fops.layer_norm_(x.copy(), p, 1e-5), nn.layer_norm(x, p, 1e-5), 0, "layer_norm_ vs reference")
 
 
+def test_sampling_locations_equal_reference():
+    """fast/attention.sampling_locations (the (K, 2) axes flattened) against model/deformable_attention's: the same
+    operations in the same order, so the same bits; on a strided view of a linear layer's output, as the decoder
+    passes it, with uneven point counts (per-slot scales 1/3 are not exact in float32) and batch 2."""
+    B, Nq, M, n_points = 2, 5, 3, [2, 3, 1]
+    K = sum(n_points)
+    ow = rng.standard_normal((B, Nq, M * K * 3)).astype(f32)
+    offsets = ow[..., :M * K * 2].reshape(B, Nq, M, K, 2)                    # a view, as in deformable_attention
+    boxes = rng.uniform(0.05, 0.95, (B, Nq, 4)).astype(f32)
+    scale = msda.points_scale(n_points)
+    ours = fattn.sampling_locations(boxes, offsets, scale, 0.5)
+    assert_close(ours, msda.sampling_locations(boxes, offsets, n_points, 0.5, scale), 0, "sampling locations")
+
+
 def test_deformable_core_in_chunks_equals_one_gather(monkeypatch):
     """The gather in chunks of queries (GATHER_BLOCK) gives the same bits as one gather: each (image, query, head)
     is its own product."""

@@ -86,8 +86,13 @@ job, so single-thread CPU time and ratios only; r18vd shapes, 640x640, batch 1; 
     GELU with erf by [AS] 7.1.26 (ops.gelu) scipy.special.erf took ~20 ns per float32 value: AIFI's GELU on [400, 1024]
                                             9.8 -> 3.5 ms (median of 40); PyTorch's float32 CPU GELU uses the same
                                             formula, and the fast GELU's error is within 1.4x of PyTorch's
-    the whole forward pass                  r18vd 1.42x (0.70 of the reference's time), r50vd 1.33x (0.75), in the
-                                            README's benchmark run (paired per round: 1.47x and 1.52x)
+    sampling locations on (K, 2) flattened  broadcasting over an inner axis of 2 ran NumPy's loops 2 values at a
+                                            time: 0.83 -> 0.15 ms per r18vd decoder layer, the same bits
+    softmax's division after A V            self-attention divides the N x D product by the row sums (by BLAS)
+                                            instead of the N x N scores: 5.6 -> 5.3 ms per r18vd decoder layer,
+                                            9.2 -> 8.6 ms in AIFI (attention.exp_rows_)
+    the whole forward pass                  r18vd 1.44x (0.69 of the reference's time), r50vd 1.47x (0.68), in the
+                                            README's benchmark run (paired per round: 1.47x and 1.47x)
 Tried and not kept (same A/B method; each within noise or slower): an earlier form of the kept work buffers, one
 module-wide array per buffer and thread (page faults rose from ~3,600 to ~6,000 per r18vd pass then: glibc's heap
 mapped the layers' outputs afresh; the per-model single buffer above measured 0 faults); Winograd F(2,3) also for
@@ -109,7 +114,16 @@ six shapes: each GEMM packs the column matrix again); the element-wise split aga
 sleep at once (OPENBLAS_THREAD_TIMEOUT=4: the split then ran exp 1.7x faster, yet the whole pass was still 8 %
 slower paired); im2col with flat per-tap copies for the stem's 32-channel layers (1.1-2.4x slower than row taps,
 2026-11-30); row-tap bands of 24, 32 or 64 MB once the buffers were kept (sums within 2 % of 16 MB); the decoder's
-memory projections computed in bands of rows with the bias added in cache (no clear difference, 2 runs).
+memory projections computed in bands of rows with the bias added in cache (no clear difference, 2 runs). Again on
+2026-11-30 (second session): row-tap bands of 1, 2, 4 and 8 MB with the kept buffers (58 %, 30 %, 2 % and 2 %
+slower than 16 MB over five shapes); layer_norm_'s row sums by BLAS and einsum (median 5.5 against 6.3 ms on
+[8400, 256], best 4.75 against 4.61: within noise, so the reference's operations were kept); bilinear_taps_flat on
+full-size per-slot tables instead of broadcasts of [K] (4.0 against 3.9 ms: NumPy's small-array calls, not the
+broadcasting, are the cost there); a 1x1 convolution in bands of pixels, each band's GEMM into a contiguous buffer
+and its SiLU there, in cache (11.2-11.6 against 10.8 ms on 128 -> 256 at 80x80: the SiLU costs the same in cache,
+as NumPy's float32 exp itself, 1.6-2.5 ns per value, is ~75 % of it). A float32 exp or sigmoid written as NumPy
+passes (range reduction, a degree-5 polynomial, the exponent set through an int32 view) needs ~17 passes of
+~0.15-0.2 ns per value, no faster than NumPy's exp: not written.
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

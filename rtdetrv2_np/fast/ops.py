@@ -135,9 +135,9 @@ GELU_BLOCK = 1 << 16     # values per chunk of gelu: its four temporaries (1 MB)
 
 def gelu(x, out=None):
     """model/nn.gelu (exact erf form, 0.5 x (1 + erf(x / sqrt 2))) with erf by [AS] 7.1.26 in NumPy passes, in
-    chunks of GELU_BLOCK values. Replaces scipy.special.erf, which took ~20 ns per float32 value here (11.3 ->
-    2.2-2.5 ms on AIFI's [400, 1024] hidden layer). Error, besides float32 rounding: |x| * 0.75e-7 (half of erf's
-    bound, as GELU scales erf by x / 2); measured against float64 on 1 M values of N(0, 9): at most 3.4e-7 |x|
+    chunks of GELU_BLOCK values. Replaces scipy.special.erf, which took ~20 ns per float32 value here (AIFI's
+    [400, 1024] hidden layer, median of 40: 9.8 -> 3.5 ms). Error, besides float32 rounding: |x| * 0.75e-7 (half
+    of erf's bound, as GELU scales erf by x / 2); measured against float64 on 1 M values of N(0, 9): at most 3.4e-7 |x|
     (PyTorch's float32 GELU: 2.5e-7 |x|; the reference path's scipy erf: 1.1e-7 |x|), and the same bits as
     PyTorch's on 75 % of them. Element-wise, so the same bits however x is cut.
     """

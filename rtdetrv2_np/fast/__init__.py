@@ -123,7 +123,9 @@ broadcasting, are the cost there); a 1x1 convolution in bands of pixels, each ba
 and its SiLU there, in cache (11.2-11.6 against 10.8 ms on 128 -> 256 at 80x80: the SiLU costs the same in cache,
 as NumPy's float32 exp itself, 1.6-2.5 ns per value, is ~75 % of it). A float32 exp or sigmoid written as NumPy
 passes (range reduction, a degree-5 polynomial, the exponent set through an int32 view) needs ~17 passes of
-~0.15-0.2 ns per value, no faster than NumPy's exp: not written.
+~0.15-0.2 ns per value, no faster than NumPy's exp: not written. The bias as one more column of the row-tap GEMM
+(a row of ones in the column matrix): the GEMM with K + 1 took 0.10-0.15 ms longer per 16 MB band, about what the
+bias pass it saves costs in cache: not kept.
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

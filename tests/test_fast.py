@@ -777,6 +777,21 @@ def test_detect_command_uses_the_fast_path_and_reference_on_request(capsys):
     assert_close([d["box"] for d in fast], [d["box"] for d in ref], 1e-3, "boxes, fast vs reference")
 
 
+def test_exp_rows_equal_reference_numerator(monkeypatch):
+    """fast/attention.exp_rows_ (self-attention's softmax without its division): the exponentials are model/nn.softmax's
+    own operations, so the same bits; the row sums (by BLAS) within gamma_L of the float64 sum of the same
+    exponentials (positive terms: the sum itself bounds the error). Contiguous in one-row chunks, and strided."""
+    x = (4 * rng.standard_normal((3, 5, 7))).astype(f32)
+    wide = (4 * rng.standard_normal((3, 5, 9))).astype(f32)
+    monkeypatch.setattr(fattn, "EPILOGUE_BLOCK", 1)
+    for what, v in (("contiguous", x.copy()), ("strided", wide[..., 1:8])):
+        expected = np.exp(v - v.max(axis=-1, keepdims=True))
+        sums = fattn.exp_rows_(v)
+        assert_close(v, expected, 0, f"exp_rows_ numerator, {what}")
+        exact = expected.astype(f64).sum(axis=-1, keepdims=True)
+        within_bound(sums, exact, gamma(v.shape[-1]) * exact, f"exp_rows_ sums, {what}")
+
+
 def test_softmax_in_chunks_equals_reference(monkeypatch):
     """fast/attention.softmax_ (in place, in chunks of rows) against model/nn.softmax: the same operations on every
     row, so the same bits -- contiguous (chunked, down to one row per chunk) and strided (one piece)."""

@@ -33,15 +33,23 @@ def linear(x, p):
     return y
 
 
-def softmax_(x):
-    """model/nn.softmax over the last axis, in place on x (the same operations in the same order), in chunks of
-    rows of at most EPILOGUE_BLOCK values: the four passes of a chunk stay in cache. Measured on [8, 300, 300]
-    decoder attention scores: NumPy's float32 exp took 1.4 ns per value on 64 K values and 2.5-4.6 ns on 1 M."""
+def _exp_shifted_rows_(x):
+    """exp(x - max over the last axis) in place, in chunks of rows of at most EPILOGUE_BLOCK values (the steps of
+    model/nn.softmax before its division); yields each chunk (r0, r1, rows[r0:r1]) while it is in cache, for the
+    caller's last step. rows: x as [N, L] when contiguous, else x[None] (one piece)."""
     rows = x.reshape(-1, x.shape[-1]) if x.flags.c_contiguous else x[None]           # [N, L] (a view)
     for r0, r1 in chunks(0, rows.shape[0], rows[0].size, EPILOGUE_BLOCK):
         xc = rows[r0:r1]
         xc -= xc.max(axis=-1, keepdims=True)
         np.exp(xc, out=xc)
+        yield r0, r1, xc
+
+
+def softmax_(x):
+    """model/nn.softmax over the last axis, in place on x (the same operations in the same order), in chunks of
+    rows of at most EPILOGUE_BLOCK values: the four passes of a chunk stay in cache. Measured on [8, 300, 300]
+    decoder attention scores: NumPy's float32 exp took 1.4 ns per value on 64 K values and 2.5-4.6 ns on 1 M."""
+    for _, _, xc in _exp_shifted_rows_(x):
         xc /= xc.sum(axis=-1, keepdims=True)
     return x
 
@@ -51,15 +59,12 @@ def exp_rows_(x):
     of rows as softmax_); returns the row sums [..., 1], by BLAS (x @ ones, 6x faster than NumPy's `sum` over rows of
     300). softmax(x) = x / sums afterwards -- self_attention divides its product with V instead (N D values, not
     N N): 5.6 -> 5.3 ms per r18vd decoder layer, 9.2 -> 8.6 ms in AIFI."""
-    rows = x.reshape(-1, x.shape[-1])                                                # [N, L] (a view)
-    sums = np.empty((rows.shape[0], 1), x.dtype)                                     # [N, 1]
-    ones = np.ones((rows.shape[1], 1), x.dtype)                                      # [L, 1]
-    for r0, r1 in chunks(0, rows.shape[0], rows.shape[1], EPILOGUE_BLOCK):
-        xc = rows[r0:r1]
-        xc -= xc.max(axis=-1, keepdims=True)
-        np.exp(xc, out=xc)
-        np.matmul(xc, ones, out=sums[r0:r1])
-    return sums.reshape(x.shape[:-1] + (1,))                                         # [..., 1]
+    ones = np.ones((x.shape[-1], 1), x.dtype)                                        # [L, 1]
+    sums = np.empty(x.shape[:-1] + (1,), x.dtype)                                    # [..., 1]
+    sum_rows = sums.reshape(-1, 1) if x.flags.c_contiguous else sums[None]           # cut as the chunks' rows
+    for r0, r1, xc in _exp_shifted_rows_(x):
+        np.matmul(xc, ones, out=sum_rows[r0:r1])
+    return sums
 
 
 def self_attention(x_qk, x_v, p):

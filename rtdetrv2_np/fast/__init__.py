@@ -125,7 +125,13 @@ as NumPy's float32 exp itself, 1.6-2.5 ns per value, is ~75 % of it). A float32 
 passes (range reduction, a degree-5 polynomial, the exponent set through an int32 view) needs ~17 passes of
 ~0.15-0.2 ns per value, no faster than NumPy's exp: not written. The bias as one more column of the row-tap GEMM
 (a row of ones in the column matrix): the GEMM with K + 1 took 0.10-0.15 ms longer per 16 MB band, about what the
-bias pass it saves costs in cache: not kept.
+bias pass it saves costs in cache: not kept. Again on 2026-11-30 (third session): the row taps' vertical taps summed
+inside BLAS -- cblas_sgemm of the OpenBLAS that NumPy's wheel bundles, called through ctypes with beta = 1 on strided
+windows of the column matrix, K products added straight into the output band, so no K*C_out-row buffer and no
+shifted NumPy sums. Per layer it was within noise of the shifted sums: r18vd's six row-tap shapes summed 406-425 ms
+at bands of 2-16 MB, against 434 ms; 32 channels were slower, because three products of C_out rows run at a lower
+BLAS rate than one of K*C_out rows. On the whole r18vd pass there was no gain: paired in-process A/B over 60
+alternating pairs gave 1.007 and 0.984 at 8 and 4 MB bands. Not kept, so the package still makes no ctypes call.
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 

@@ -132,6 +132,9 @@ shifted NumPy sums. Per layer it was within noise of the shifted sums: r18vd's s
 at bands of 2-16 MB, against 434 ms; 32 channels were slower, because three products of C_out rows run at a lower
 BLAS rate than one of K*C_out rows. On the whole r18vd pass there was no gain: paired in-process A/B over 60
 alternating pairs gave 1.007 and 0.984 at 8 and 4 MB bands. Not kept, so the package still makes no ctypes call.
+The same route with no column fill at all was also tried: nine products of K = C_in on shifted windows of one
+zero-padded copy of the input. It was slower (590-840 against 544 ms over four row-tap shapes), because BLAS's rate
+at K = C_in costs more than the fill it saves.
 benchmarks/benchmark.py measures the whole model on a quiet machine against PyTorch and ONNX Runtime, and its
 --kernels option re-measures the per-layer row taps / Winograd / im2col choice there.
 
